@@ -1,0 +1,13 @@
+"""Errors a user can cause. The CLI prints their message without a traceback and exits 2."""
+
+
+class ConfigError(ValueError):
+    """A setting was out of range or of the wrong kind; the message names it and what is allowed."""
+
+
+class UnknownLayerError(KeyError):
+    """A layer name that is not registered; the message lists the registered names."""
+
+    def __str__(self) -> str:
+        # KeyError's own __str__ would print the message quoted, as if it were a key.
+        return str(self.args[0])

@@ -1,0 +1,74 @@
+"""Softmax self-attention: the naive form that materialises the N x N scores, and PyTorch's SDPA.
+
+`naive` is the "standard" attention whose memory grows as N^2 (the cell a user watches run out of
+memory); `sdpa` is `torch.nn.functional.scaled_dot_product_attention`, which dispatches to the
+flash / memory-efficient kernels on GPU. The naive form is also the reference the SDPA form is
+tested against. Shapes: q, k, v: [B, H, N, d].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ttt_bench.layers.base import LayerCost, MixerConfig, SequenceMixer, check_choice, knob
+from ttt_bench.layers.registry import register
+
+
+def softmax_attention_naive(q, k, v, causal: bool, scale: float | None = None) -> torch.Tensor:
+    """softmax(scale Q K^T [+ causal mask]) V with the score matrix [B, H, N, N] materialised."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scores = (q @ k.transpose(-1, -2)) * scale
+    if causal:
+        n = q.shape[-2]
+        future = torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1)
+        scores = scores.masked_fill(future, -math.inf)
+    return scores.softmax(dim=-1) @ v
+
+
+def softmax_attention_sdpa(q, k, v, causal: bool, scale: float | None = None) -> torch.Tensor:
+    """The same function through PyTorch's fused kernel (no N x N tensor on the flash / efficient paths)."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+
+
+def attention_macs(batch: int, heads: int, seq_len: int, head_dim: int, causal: bool) -> tuple[int, int]:
+    """(executed, useful) MACs of Q K^T and P V. Executed is dense (kernels compute the masked half
+    too, or skip only whole blocks of it); useful counts the query-key pairs with s <= t when causal."""
+    dense = 2 * batch * heads * seq_len * seq_len * head_dim
+    pairs = seq_len * (seq_len + 1) // 2 if causal else seq_len * seq_len
+    return dense, 2 * batch * heads * pairs * head_dim
+
+
+@dataclass
+class AttentionConfig(MixerConfig):
+    impl: str = knob("sdpa", "'naive' (materialises the N x N scores) or 'sdpa' (fused kernels)")
+    causal: bool = knob(False, "mask out keys after the query (autoregressive)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("attention", "impl", self.impl, ["naive", "sdpa"])
+        check_choice("attention", "causal", self.causal, [True, False])
+
+
+@register("attention-naive", impl="naive")
+@register("attention-naive-causal", impl="naive", causal=True)
+@register("attention-sdpa", impl="sdpa")
+@register("attention-sdpa-causal", impl="sdpa", causal=True)
+class SoftmaxAttention(SequenceMixer):
+    """Multi-head softmax self-attention, scale 1/sqrt(d)."""
+
+    Config = AttentionConfig
+
+    def mix(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x)
+        attend = softmax_attention_naive if self.config.impl == "naive" else softmax_attention_sdpa
+        return self.merge_heads_and_project(attend(q, k, v, self.config.causal))
+
+    def cost(self, batch: int, seq_len: int) -> LayerCost:
+        cfg = self.config
+        executed, useful = attention_macs(batch, cfg.n_heads, seq_len, cfg.head_dim, cfg.causal)
+        projections = self.projections_macs(batch, seq_len)
+        return LayerCost(projections + executed, projections + useful, None)

@@ -1,0 +1,138 @@
+"""What every sequence mixer shares: its config fields, input checks, head split and analytic cost.
+
+Shapes: x: [B, N, D] (batch, sequence length, model width); per head q, k, v: [B, H, N, d], d = D / H.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from ttt_bench.errors import ConfigError
+
+
+def knob(default: Any, doc: str) -> Any:
+    """A config field with its one-line documentation (shown by `ttt-bench ls`)."""
+    return dataclasses.field(default=default, metadata={"doc": doc})
+
+
+def check_choice(layer: str, field: str, value: Any, allowed: Iterable[Any]) -> None:
+    allowed = list(allowed)
+    if value not in allowed:
+        raise ConfigError(f"{layer}: {field}={value!r} is not allowed; choose one of {allowed}")
+
+
+def check_at_least(layer: str, field: str, value: Any, minimum: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+        raise ConfigError(f"{layer}: {field}={value!r} is not allowed; it must be a number >= {minimum}")
+
+
+def check_open_unit(layer: str, field: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
+        raise ConfigError(f"{layer}: {field}={value!r} is not allowed; it must lie strictly between 0 and 1")
+
+
+@dataclass
+class MixerConfig:
+    d_model: int = knob(256, "model width D (input and output features)")
+    n_heads: int = knob(4, "number of heads H; head dim d = D / H")
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        check_at_least(name, "d_model", self.d_model, 1)
+        check_at_least(name, "n_heads", self.n_heads, 1)
+        if self.d_model % self.n_heads:
+            raise ConfigError(
+                f"{name}: d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
+                f"choose n_heads among the divisors of d_model"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    """Analytic matmul work of one forward pass, from the layer's equations.
+
+    Convention: a MAC is one multiply-accumulate; FLOPs = 2 x MACs. Only matrix products are counted
+    (projections, scores, state updates); elementwise work (softmax, norms, activations) is not.
+    Forward+backward is taken as 3 x forward: each product's backward computes two products of
+    the same size (the gradients of both operands).
+    """
+
+    forward_macs: int  # as executed: a causal mask applied to a dense product still costs the full product
+    useful_forward_macs: int  # the part a causal mask keeps (equal to forward_macs when nothing is masked)
+    state_numel: int | None  # elements of the recurrent state per sequence; None when there is none (attention)
+
+    @property
+    def forward_flops(self) -> int:
+        return 2 * self.forward_macs
+
+    @property
+    def forward_backward_flops(self) -> int:
+        return 3 * self.forward_flops
+
+
+def projection_macs(batch: int, seq_len: int, d_in: int, d_out: int) -> int:
+    return batch * seq_len * d_in * d_out
+
+
+class SequenceMixer(nn.Module):
+    """Base of every registered layer: checks x: [B, N, D] and owns the q, k, v and output projections."""
+
+    Config = MixerConfig
+
+    def __init__(self, config: MixerConfig) -> None:
+        super().__init__()
+        self.config = config
+        d_model = config.d_model
+        self.to_qkv = nn.Linear(d_model, 3 * d_model, bias=False)
+        self.to_out = nn.Linear(d_model, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return self.mix(x)
+
+    def mix(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def cost(self, batch: int, seq_len: int) -> LayerCost:
+        raise NotImplementedError
+
+    def check_input(self, x: torch.Tensor) -> None:
+        d_model = self.config.d_model
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{type(self).__name__} expects a tensor [B, N, {d_model}], got {type(x).__name__}")
+        if x.dim() != 3 or x.shape[-1] != d_model:
+            raise ValueError(
+                f"{type(self).__name__} expects input [B, N, D] with D = d_model = {d_model}, "
+                f"got shape {list(x.shape)}"
+            )
+        if x.shape[1] == 0:
+            raise ValueError(f"{type(self).__name__} got an empty sequence (N = 0); N must be at least 1")
+
+    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v: [B, H, N, d]."""
+        q, k, v = self.to_qkv(x).chunk(3, dim=-1)
+        return self.split_heads(q), self.split_heads(k), self.split_heads(v)
+
+    def split_heads(self, t: torch.Tensor) -> torch.Tensor:
+        """[B, N, H*e] -> [B, H, N, e]."""
+        batch, seq_len, width = t.shape
+        heads = self.config.n_heads
+        return t.view(batch, seq_len, heads, width // heads).transpose(1, 2)
+
+    def merge_heads_and_project(self, o: torch.Tensor) -> torch.Tensor:
+        """o: [B, H, N, d] -> [B, N, D] through the output projection."""
+        batch, heads, seq_len, head_dim = o.shape
+        return self.to_out(o.transpose(1, 2).reshape(batch, seq_len, heads * head_dim))
+
+    def projections_macs(self, batch: int, seq_len: int) -> int:
+        d_model = self.config.d_model
+        return projection_macs(batch, seq_len, d_model, 4 * d_model)

@@ -1,0 +1,223 @@
+"""Fast-weight recurrences: Hebbian fast weights with decay, and the delta rule.
+
+    fast weights (Ba et al. 2016):  S_t = lambda S_{t-1} + eta v_t k_t^T,                 o_t = S_t q_t
+    delta rule (Schlag et al. 2021): S_t = S_{t-1} - beta_t (S_{t-1} k_t - v_t) k_t^T,    o_t = S_t q_t
+
+S_t: [e, d] per head (written as the papers do; the fast forms hold its transpose W = S^T: [d, e],
+so that o = q W with row vectors). The delta rule is one SGD step per token on 1/2 ||S k_t - v_t||^2,
+which makes it TTT-Linear with mini-batch 1 (tests/test_ttt_theorems.py).
+
+Forms: `recurrent` (the reference: a loop over tokens) and `chunked` (the fast form). Chunked fast
+weights: within a chunk that starts from S, o_i = lambda^(i+1) q_i S + eta sum_{j<=i} lambda^(i-j) (q_i.k_j) v_j.
+Chunked delta rule (the WY form of Yang et al. 2024): the chunk's pseudo-values U solve the unit
+lower-triangular system (I + tril_strict(diag(beta) K K^T)) U = diag(beta) (V - K S), then
+O = Q S + tril(Q K^T) U and S' = S + K^T U. Shapes: q, k: [B, H, N, d]; v: [B, H, N, e].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ttt_bench.layers.base import (
+    LayerCost,
+    MixerConfig,
+    SequenceMixer,
+    check_at_least,
+    check_choice,
+    check_open_unit,
+    knob,
+    projection_macs,
+)
+from ttt_bench.layers.chunking import chunk_pairs, from_chunks, to_chunks
+from ttt_bench.layers.linear import linear_attention_macs
+from ttt_bench.layers.registry import register
+
+
+def fast_weights_recurrent(q, k, v, decay, eta: float):
+    """Reference: (o [B, H, N, e], final W = S_N^T [B, H, d, e]); decay: [H] (lambda per head)."""
+    lam = decay[:, None, None]
+    state = q.new_zeros(*q.shape[:-2], v.shape[-1], q.shape[-1])  # S: [B, H, e, d]
+    outputs = []
+    for q_t, k_t, v_t in zip(q.unbind(-2), k.unbind(-2), v.unbind(-2)):
+        state = lam * state + eta * v_t[..., :, None] * k_t[..., None, :]
+        outputs.append((state @ q_t[..., :, None]).squeeze(-1))
+    return torch.stack(outputs, dim=-2), state.transpose(-1, -2)
+
+
+def fast_weights_chunked(q, k, v, decay, eta: float, chunk_size: int):
+    """Fast form of `fast_weights_recurrent`: per chunk, batched intra-chunk products; the state is
+    carried between chunks by a loop of one multiply-add each."""
+    n, c = q.shape[-2], chunk_size
+    q_c, k_c, v_c = (to_chunks(x, c) for x in (q, k, v))  # [B, H, M, C, .]
+    log_decay = decay.log()[:, None, None]  # [H, 1, 1]
+    pos = torch.arange(c, device=q.device, dtype=q.dtype)
+    gaps = pos[:, None] - pos[None, :]  # i - j
+    # lambda^(i - j) on and below the diagonal, 0 above it (exp(-inf) = 0 keeps the gradient finite).
+    intra_decay = torch.exp((gaps * log_decay).masked_fill(gaps < 0, -math.inf))  # [H, C, C]
+    read_decay = torch.exp((pos + 1)[:, None] * log_decay)  # lambda^(i+1): [H, C, 1]
+    write_decay = torch.exp((c - 1 - pos)[:, None] * log_decay)  # lambda^(C-1-j): [H, C, 1]
+    chunk_decay = torch.exp(c * log_decay)  # lambda^C: [H, 1, 1]
+
+    intra = eta * (q_c @ k_c.transpose(-1, -2)) * intra_decay[:, None]
+    increments = eta * (k_c * write_decay[:, None]).transpose(-1, -2) @ v_c  # [B, H, M, d, e]
+    state = increments.new_zeros(increments[..., 0, :, :].shape)
+    starts = []
+    for increment in increments.unbind(-3):
+        starts.append(state)
+        state = chunk_decay * state + increment
+    out = read_decay[:, None] * (q_c @ torch.stack(starts, dim=-3)) + intra @ v_c
+    return from_chunks(out, n), state
+
+
+def delta_rule_recurrent(q, k, v, beta):
+    """Reference: (o [B, H, N, e], final W = S_N^T [B, H, d, e]); beta: [B, H, N]."""
+    state = q.new_zeros(*q.shape[:-2], v.shape[-1], q.shape[-1])  # S: [B, H, e, d]
+    outputs = []
+    for q_t, k_t, v_t, beta_t in zip(q.unbind(-2), k.unbind(-2), v.unbind(-2), beta.unbind(-1)):
+        error = (state @ k_t[..., :, None]).squeeze(-1) - v_t  # S k_t - v_t: [B, H, e]
+        state = state - beta_t[..., None, None] * error[..., :, None] * k_t[..., None, :]
+        outputs.append((state @ q_t[..., :, None]).squeeze(-1))
+    return torch.stack(outputs, dim=-2), state.transpose(-1, -2)
+
+
+def delta_rule_chunked(q, k, v, beta, chunk_size: int):
+    """Fast form of `delta_rule_recurrent`. The triangular solves of all chunks run at once (they do not
+    depend on the state); the loop over chunks then takes two small matmuls each."""
+    n, e = q.shape[-2], v.shape[-1]
+    q_c, k_c, v_c = (to_chunks(x, chunk_size) for x in (q, k, v))  # [B, H, M, C, .]
+    beta_c = to_chunks(beta[..., None], chunk_size)  # [B, H, M, C, 1]; padding writes with strength 0
+    keys_gram = k_c @ k_c.transpose(-1, -2)
+    system = torch.eye(chunk_size, dtype=q.dtype, device=q.device) + (beta_c * keys_gram).tril(-1)
+    solved = torch.linalg.solve_triangular(
+        system, torch.cat([beta_c * v_c, beta_c * k_c], dim=-1), upper=False, unitriangular=True
+    )
+    pseudo_values, key_weights = solved.split([e, solved.shape[-1] - e], dim=-1)  # U = U_v - W_k S
+    state = q.new_zeros(*q.shape[:-2], q.shape[-1], e)
+    starts, updates = [], []
+    for u_v, w_k, k_m in zip(pseudo_values.unbind(-3), key_weights.unbind(-3), k_c.unbind(-3)):
+        u = u_v - w_k @ state
+        starts.append(state)
+        updates.append(u)
+        state = state + k_m.transpose(-1, -2) @ u
+    intra = (q_c @ k_c.transpose(-1, -2)).tril()
+    out = q_c @ torch.stack(starts, dim=-3) + intra @ torch.stack(updates, dim=-3)
+    return from_chunks(out, n), state
+
+
+@dataclass
+class FastWeightsConfig(MixerConfig):
+    decay: float = knob(0.95, "lambda in (0, 1): how much of S_{t-1} is kept each step (Ba et al. use 0.95)")
+    learn_decay: bool = knob(False, "lambda per head is an outer-loop parameter (sigmoid of a logit), starting at `decay`")
+    fast_lr: float = knob(0.5, "eta > 0: the Hebbian write strength (Ba et al. use 0.5)")
+    form: str = knob("chunked", "'chunked' (fast) or 'recurrent' (token loop, the reference)")
+    chunk_size: int = knob(64, "chunked form: tokens per chunk C")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        name = "fast-weights"
+        check_open_unit(name, "decay", self.decay)
+        check_choice(name, "learn_decay", self.learn_decay, [True, False])
+        check_at_least(name, "fast_lr", self.fast_lr, 0.0)
+        check_choice(name, "form", self.form, ["chunked", "recurrent"])
+        check_at_least(name, "chunk_size", self.chunk_size, 1)
+
+
+@register("fast-weights")
+@register("fast-weights-learned-decay", learn_decay=True)
+class FastWeights(SequenceMixer):
+    """Hebbian fast weights with decay: S_t = lambda S_{t-1} + eta v_t k_t^T, o_t = S_t q_t."""
+
+    Config = FastWeightsConfig
+
+    def __init__(self, config: FastWeightsConfig) -> None:
+        super().__init__(config)
+        logit = torch.full((config.n_heads,), math.log(config.decay / (1.0 - config.decay)))
+        if config.learn_decay:
+            self.decay_logit = nn.Parameter(logit)
+        else:
+            self.register_buffer("decay_logit", logit)
+
+    def mix(self, x: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        q, k, v = self.qkv(x)
+        decay = torch.sigmoid(self.decay_logit).to(x.dtype)
+        if cfg.form == "recurrent":
+            o, _ = fast_weights_recurrent(q, k, v, decay, cfg.fast_lr)
+        else:
+            o, _ = fast_weights_chunked(q, k, v, decay, cfg.fast_lr, cfg.chunk_size)
+        return self.merge_heads_and_project(o)
+
+    def cost(self, batch: int, seq_len: int) -> LayerCost:
+        cfg = self.config
+        d = cfg.head_dim
+        executed, useful = linear_attention_macs(seq_len, d, d, True, cfg.form, cfg.chunk_size)
+        scale = batch * cfg.n_heads
+        projections = self.projections_macs(batch, seq_len)
+        return LayerCost(projections + scale * executed, projections + scale * useful, cfg.n_heads * d * d)
+
+
+@dataclass
+class DeltaRuleConfig(MixerConfig):
+    normalize_qk: bool = knob(True, "L2-normalise q and k per head (keeps the step 1 - beta ||k||^2 stable)")
+    form: str = knob("chunked", "'chunked' (fast, WY form) or 'recurrent' (token loop, the reference)")
+    chunk_size: int = knob(64, "chunked form: tokens per chunk C")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        name = "delta-rule"
+        check_choice(name, "normalize_qk", self.normalize_qk, [True, False])
+        check_choice(name, "form", self.form, ["chunked", "recurrent"])
+        check_at_least(name, "chunk_size", self.chunk_size, 1)
+
+
+@register("delta-rule")
+class DeltaRule(SequenceMixer):
+    """Delta rule: S_t = S_{t-1} - beta_t (S_{t-1} k_t - v_t) k_t^T with beta_t = sigmoid(theta_beta x_t)."""
+
+    Config = DeltaRuleConfig
+
+    def __init__(self, config: DeltaRuleConfig) -> None:
+        super().__init__(config)
+        self.to_beta = nn.Linear(config.d_model, config.n_heads)
+
+    def mix(self, x: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        q, k, v = self.qkv(x)
+        if cfg.normalize_qk:
+            q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        beta = torch.sigmoid(self.to_beta(x)).transpose(1, 2)  # [B, H, N]
+        if cfg.form == "recurrent":
+            o, _ = delta_rule_recurrent(q, k, v, beta)
+        else:
+            o, _ = delta_rule_chunked(q, k, v, beta, cfg.chunk_size)
+        return self.merge_heads_and_project(o)
+
+    def cost(self, batch: int, seq_len: int) -> LayerCost:
+        cfg = self.config
+        executed, useful = delta_rule_macs(seq_len, cfg.head_dim, cfg.form, cfg.chunk_size)
+        scale = batch * cfg.n_heads
+        projections = self.projections_macs(batch, seq_len) + projection_macs(batch, seq_len, cfg.d_model, cfg.n_heads)
+        d = cfg.head_dim
+        return LayerCost(projections + scale * executed, projections + scale * useful, cfg.n_heads * d * d)
+
+
+def delta_rule_macs(seq_len: int, d: int, form: str, chunk_size: int) -> tuple[int, int]:
+    """(executed, useful) MACs per head and sequence (value width e = d). Per token: the state read by
+    the key (W_k S), the write (K^T U) and the read by the query (Q S), d^2 each. Chunked, per chunk:
+    the key Gram K K^T (C^2 d), the unit-triangular solve for [U_v, W_k] (C(C-1)/2 per column, 2d
+    columns), Q K^T (C^2 d) and its product with U (C^2 d)."""
+    per_token = 3 * d * d
+    if form == "recurrent":
+        return seq_len * per_token, seq_len * per_token
+    c = chunk_size
+    chunks = -(-seq_len // c)
+    dense_pairs, useful_pairs = chunk_pairs(seq_len, c)  # pairs s <= t, the diagonal included
+    strict_pairs = useful_pairs - seq_len  # pairs s < t: the Gram's strict lower part, the solve
+    executed = chunks * (c * per_token + 3 * c * c * d + c * (c - 1) // 2 * 2 * d)
+    useful = seq_len * per_token + useful_pairs * 2 * d + strict_pairs * 3 * d
+    return executed, useful

@@ -1,0 +1,242 @@
+"""The TTT layer: a sequence layer whose hidden state is the weights of an inner learner trained on the
+sequence itself by gradient steps on a self-supervised reconstruction loss.
+
+One config covers the family: the first paper's MTTT (non-causal, full-sequence inner GD, input
+reconstruction through a decoder), the follow-up's TTT-Linear and TTT-MLP (causal mini-batch inner GD,
+learned per-token rates, LayerNorm + residual inside the learner, dual and primal forms), and the
+Nadaraya-Watson kernel learner, whose inner loop is softmax attention.
+
+Left out of the official layers (outer-block features, not the inner loop): RoPE, the causal
+convolution before the inner loop, output gating, and the learned bias on the 1/i token scaling.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ttt_bench.errors import ConfigError
+from ttt_bench.layers import attention
+from ttt_bench.layers.base import (
+    LayerCost,
+    MixerConfig,
+    SequenceMixer,
+    check_at_least,
+    check_choice,
+    knob,
+    projection_macs,
+)
+from ttt_bench.layers.registry import register
+from ttt_bench.layers.ttt import inner_loop, learners, reference
+from ttt_bench.layers.ttt.reconstruction import InputReconstruction, ViewsReconstruction
+
+W0_INIT_STD = 0.02
+
+
+@dataclass
+class TTTConfig(MixerConfig):
+    learner: str = knob("linear", "inner learner f_res: 'linear' (d -> d), 'mlp' (d -> 4d GELU -> d), 'kernel' (Nadaraya-Watson, exp(k.q))")
+    causal: bool = knob(True, "True: mini-batch inner GD over the prefix (TTT); False: inner GD over the whole sequence (MTTT)")
+    reconstruction: str = knob("views", "'views': k + LN(f_res(k)) ~ v (follow-up paper); 'input': decoder g(f_res(k)) ~ x (first paper)")
+    mini_batch: int = knob(16, "causal: tokens per inner GD step (b)")
+    inner_steps: int = knob(1, "non-causal: inner GD steps T (the causal loop takes one step per mini-batch)")
+    inner_sgd: bool = knob(False, "non-causal: inner step t sees only the t-th of T random splits of the tokens")
+    eta_base: float = knob(1.0, "inner learning rate eta_base (> 0)")
+    learn_eta: bool = knob(True, "per head and token eta_t = eta_base * sigmoid(theta_lr x_t + b) (else eta_base)")
+    eta_over_head_dim: bool = knob(True, "divide eta by the head dim d, as the official code does, so eta*||k||^2 stays O(1)")
+    token_index_scale: bool = knob(True, "causal: token i of a mini-batch reads W - (1/i) sum_{j<=i} eta_j grad_j (official code)")
+    learn_w0: bool = knob(True, "W0 is an outer-loop parameter (else fixed: zero for 'linear', its random init for 'mlp')")
+    inner_bias: bool = knob(True, "the inner learner's dense layers have biases")
+    ln_residual: bool = knob(True, "'views': f(k) = k + LN(f_res(k)); 'input': LayerNorm on the reconstruction (decoder LN)")
+    form: str = knob("dual", "causal: 'dual' (mini-batch matmuls; training, prefill) or 'primal' (token by token; decoding)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        name = "ttt"
+        check_choice(name, "learner", self.learner, ["linear", "mlp", "kernel"])
+        check_choice(name, "reconstruction", self.reconstruction, ["views", "input"])
+        check_choice(name, "form", self.form, ["dual", "primal"])
+        check_at_least(name, "mini_batch", self.mini_batch, 1)
+        check_at_least(name, "inner_steps", self.inner_steps, 1)
+        if isinstance(self.eta_base, bool) or not isinstance(self.eta_base, (int, float)) or self.eta_base <= 0:
+            raise ConfigError(f"{name}: eta_base={self.eta_base!r} is not allowed; it must be a number > 0")
+        for field in ("causal", "inner_sgd", "learn_eta", "eta_over_head_dim", "token_index_scale",
+                      "learn_w0", "inner_bias", "ln_residual"):
+            check_choice(name, field, getattr(self, field), [True, False])
+        if self.causal and (self.inner_steps != 1 or self.inner_sgd):
+            raise ConfigError(
+                f"{name}: inner_steps={self.inner_steps}, inner_sgd={self.inner_sgd} need causal=False; "
+                "the causal loop takes one GD step per mini-batch (set mini_batch instead)"
+            )
+        if not self.causal and self.form != "primal":
+            raise ConfigError(
+                f"{name}: form={self.form!r} needs causal=True; the non-causal loop holds W_T explicitly, "
+                "so its only form is 'primal'"
+            )
+        if self.learner == "kernel" and (self.reconstruction != "views" or self.ln_residual):
+            raise ConfigError(
+                f"{name}: learner='kernel' needs reconstruction='views' and ln_residual=False; "
+                "the kernel estimator memorises (k, v) pairs and has no weights to normalise or decode"
+            )
+
+
+@register("ttt-linear")
+@register("ttt-linear-primal", form="primal")
+@register("ttt-mlp", learner="mlp", eta_base=0.1)
+@register("ttt-mlp-primal", learner="mlp", eta_base=0.1, form="primal")
+@register("ttt-kernel", learner="kernel", ln_residual=False)
+@register(
+    "mttt-linear", causal=False, form="primal", reconstruction="input", learner="linear",
+    learn_w0=False, inner_bias=False, learn_eta=False, ln_residual=False, eta_base=1.0,
+)
+@register(
+    "mttt-mlp", causal=False, form="primal", reconstruction="input", learner="mlp",
+    learn_eta=False, ln_residual=True, eta_base=1.0,
+)
+@register("mttt-kernel", causal=False, form="primal", learner="kernel", ln_residual=False)
+class TTTLayer(SequenceMixer):
+    """TTT layer: q, k, v views of x per head; an inner learner trained on (k, target) and read at q."""
+
+    Config = TTTConfig
+
+    def __init__(self, config: TTTConfig) -> None:
+        super().__init__(config)
+        d_model, heads, head_dim = config.d_model, config.n_heads, config.head_dim
+        if config.reconstruction == "input":
+            # The target is x itself, so no value view is projected.
+            self.to_qkv = nn.Linear(d_model, 2 * d_model, bias=False)
+        self.to_lr = nn.Linear(d_model, heads) if config.learn_eta and config.learner != "kernel" else None
+        if config.learner != "kernel":
+            self._init_inner_weights(config)
+        if config.ln_residual and config.reconstruction == "views":
+            self.ln_weight = nn.Parameter(torch.ones(heads, 1, head_dim))
+            self.ln_bias = nn.Parameter(torch.zeros(heads, 1, head_dim))
+        if config.reconstruction == "input":
+            bound = math.sqrt(3.0 / d_model)  # variance scaling by fan-out, as the first paper's decoder
+            self.decoder = nn.Parameter(torch.empty(heads, head_dim, d_model).uniform_(-bound, bound))
+            self.decoder_bias = nn.Parameter(torch.zeros(1, 1, d_model))
+            if config.ln_residual:
+                self.decoder_ln_weight = nn.Parameter(torch.ones(heads, 1, d_model))
+                self.decoder_ln_bias = nn.Parameter(torch.zeros(heads, 1, d_model))
+
+    def _init_inner_weights(self, config: TTTConfig) -> None:
+        self.n_inner_layers = len(learners.layer_widths(config.learner, config.head_dim))
+        for i, (d_in, d_out) in enumerate(learners.layer_widths(config.learner, config.head_dim)):
+            zero_fixed = config.learner == "linear" and not config.learn_w0
+            weight = torch.zeros(config.n_heads, d_in, d_out)
+            if not zero_fixed:
+                weight.normal_(0.0, W0_INIT_STD)
+            self._add_inner_tensor(f"inner_weight{i}", weight, config.learn_w0)
+            if config.inner_bias:
+                self._add_inner_tensor(f"inner_bias{i}", torch.zeros(config.n_heads, 1, d_out), config.learn_w0)
+
+    def _add_inner_tensor(self, name: str, value: torch.Tensor, learned: bool) -> None:
+        if learned:
+            self.register_parameter(name, nn.Parameter(value))
+        else:
+            self.register_buffer(name, value)
+
+    def mix(self, x: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        batch, seq_len, _ = x.shape
+        if cfg.reconstruction == "input":
+            q, k = (self.split_heads(t) for t in self.to_qkv(x).chunk(2, dim=-1))
+        else:
+            q, k, v = self.qkv(x)
+        if cfg.learner == "kernel":
+            return self.merge_heads_and_project(attention.softmax_attention_sdpa(q, k, v, cfg.causal, scale=1.0))
+
+        flat = lambda t: t.flatten(0, 1)  # [B, H, N, e] -> [BH, N, e]
+        q, k = flat(q), flat(k)
+        if cfg.reconstruction == "input":
+            target = x.unsqueeze(1).expand(batch, cfg.n_heads, seq_len, cfg.d_model).flatten(0, 1)
+        else:
+            target = flat(v) - k if cfg.ln_residual else flat(v)
+        o, _ = self.inner_loop(q, k, target, flat(self.inner_rates(x)), self.initial_weights(batch), self.head(batch))
+        return self.merge_heads_and_project(o.unflatten(0, (batch, cfg.n_heads)))
+
+    def inner_loop(self, q, k, target, eta, params, head, use_reference: bool = False):
+        """The configured inner loop on [BH, N, .] tensors -> (output [BH, N, d], final weights)."""
+        cfg = self.config
+        if not cfg.causal:
+            order = None
+            if cfg.inner_sgd:
+                order = torch.randperm(q.shape[1], device=q.device)
+            run = reference.full_batch_reference if use_reference else inner_loop.full_batch
+            return run(q, k, target, eta, params, head, cfg.inner_steps, order)
+        if use_reference:
+            run = reference.causal_reference
+        else:
+            run = inner_loop.causal_dual if cfg.form == "dual" else inner_loop.causal_primal
+        return run(q, k, target, eta, params, head, cfg.mini_batch, cfg.token_index_scale)
+
+    def inner_rates(self, x: torch.Tensor) -> torch.Tensor:
+        """eta: [B, H, N]."""
+        cfg = self.config
+        scale = cfg.eta_base / cfg.head_dim if cfg.eta_over_head_dim else cfg.eta_base
+        batch, seq_len, _ = x.shape
+        if self.to_lr is None:
+            return torch.full((batch, cfg.n_heads, seq_len), scale, dtype=x.dtype, device=x.device)
+        return scale * torch.sigmoid(self.to_lr(x)).transpose(1, 2)
+
+    def initial_weights(self, batch: int) -> list[learners.Dense]:
+        """W0 per (sequence, head): dense layers [BH, d_in, d_out], [BH, 1, d_out] or None."""
+        expand = lambda t: t.expand(batch, *t.shape).flatten(0, 1)
+        layers = []
+        for i in range(self.n_inner_layers):
+            bias = getattr(self, f"inner_bias{i}", None)
+            layers.append((expand(getattr(self, f"inner_weight{i}")), None if bias is None else expand(bias)))
+        return layers
+
+    def head(self, batch: int):
+        """The reconstruction loss with its per-head parameters expanded to [BH, ...]."""
+        expand = lambda t: None if t is None else t.expand(batch, *t.shape).flatten(0, 1)
+        if self.config.reconstruction == "input":
+            return InputReconstruction(
+                expand(self.decoder), self.decoder_bias,
+                expand(getattr(self, "decoder_ln_weight", None)), expand(getattr(self, "decoder_ln_bias", None)),
+            )
+        return ViewsReconstruction(expand(getattr(self, "ln_weight", None)), expand(getattr(self, "ln_bias", None)))
+
+    def cost(self, batch: int, seq_len: int) -> LayerCost:
+        cfg = self.config
+        heads, d, d_model = cfg.n_heads, cfg.head_dim, cfg.d_model
+        n_views = 2 if cfg.reconstruction == "input" else 3
+        macs = projection_macs(batch, seq_len, d_model, (n_views + 1) * d_model)
+        if self.to_lr is not None:
+            macs += projection_macs(batch, seq_len, d_model, heads)
+        if cfg.learner == "kernel":
+            executed, useful = attention.attention_macs(batch, heads, seq_len, d, cfg.causal)
+            return LayerCost(macs + executed, macs + useful, None)
+
+        widths = learners.layer_widths(cfg.learner, d)
+        # The fast forms carry each bias as a row of an augmented weight acting on [x, 1], so that row
+        # is counted as executed matmul work (one more input feature per layer).
+        aug = [(d_in + int(cfg.inner_bias), d_out) for d_in, d_out in widths]
+        dense_macs = sum(a * b for a, b in aug)  # one token through f_res
+        backprop_macs = sum(a * b for a, b in widths[1:])  # G_l = G_{l+1} W_{l+1}^T
+        decoder_macs = 2 * d * d_model if cfg.reconstruction == "input" else 0  # decode, and its backward
+        # Per training token: forward, backward to each layer, and the weight update X^T G.
+        train_token = dense_macs + backprop_macs + decoder_macs + dense_macs
+        tokens = batch * heads * seq_len
+        if not cfg.causal:
+            trained_tokens = tokens if cfg.inner_sgd else cfg.inner_steps * tokens  # SGD: each token once
+            executed = useful = trained_tokens * train_token + tokens * dense_macs
+        elif cfg.form == "primal":
+            # Each token also reads its own materialised weights at q.
+            executed = useful = tokens * (train_token + dense_macs)
+        else:
+            # Per mini-batch of length b: X~ X^T (b x b x d_in) and (eta~ * .) G (b x b x d_out) per layer.
+            per_pair = sum(d_in + d_out for d_in, d_out in aug)
+            b = cfg.mini_batch
+            full, rest = divmod(seq_len, b)
+            square = full * b * b + rest * rest
+            triangle = full * b * (b + 1) // 2 + rest * (rest + 1) // 2
+            base = tokens * (train_token + dense_macs)
+            executed = base + batch * heads * square * per_pair
+            useful = base + batch * heads * triangle * per_pair
+        state = heads * sum(a * b + (b if cfg.inner_bias else 0) for a, b in widths)
+        return LayerCost(macs + executed, macs + useful, state)

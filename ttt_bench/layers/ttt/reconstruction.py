@@ -1,0 +1,112 @@
+"""The inner loop's self-supervised losses: what the learner's output z = f_res(theta_K x) must reconstruct.
+
+`views` (the follow-up paper, TTT-Linear/MLP): f(k) = k + LN(f_res(k)) should match the value view v,
+  per token l = 1/2 ||LN(z) - (v - k)||^2 (with ln_residual), or 1/2 ||z - v||^2 (without).
+`input` (the first paper, MTTT): a decoder g (per head d -> D, optional LayerNorm over D) maps z back to
+  the token itself, l = 1/2 ||g(z) - x||^2.
+
+Each head gives the per-token gradient dl/dz in closed form (`grad`, used by the fast forms, on a target
+`prepare`d once outside their loops), the same loss through autograd (`loss`, used only by the
+references) and the layer's readout of a query.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+LN_EPS = 1e-6
+
+
+def layer_norm(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """LayerNorm over the last dim with per-head affine weight, bias: [BH, 1, e]."""
+    return F.layer_norm(z, z.shape[-1:], eps=LN_EPS) * weight + bias
+
+
+def prepare_layer_norm_target(target: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """(bias - target) * weight: the part of the LayerNorm-L2 gradient that does not depend on z."""
+    return (bias - target) * weight
+
+
+def layer_norm_l2_grad(z: torch.Tensor, weight_sq: torch.Tensor, prepared: torch.Tensor) -> torch.Tensor:
+    """d/dz of 1/2 ||LN(z) w + b - t||^2, given w^2 and prepared = (b - t) w. z: [..., n, e].
+
+    LayerNorm's own backward op does the chain rule through the normalisation in one call; it is
+    differentiable again (the outer loop needs that), and mean and 1/std enter it detached because its
+    double backward recomputes their dependence on z itself.
+    """
+    shape = z.shape[-1:]
+    normed, mean, inv_std = torch.native_layer_norm(z, shape, None, None, LN_EPS)
+    grad_normed = torch.addcmul(prepared, normed, weight_sq)  # (LN(z) w + b - t) w
+    return torch.ops.aten.native_layer_norm_backward(
+        grad_normed, z, shape, mean.detach(), inv_std.detach(), None, None, [True, False, False]
+    )[0]
+
+
+class ViewsReconstruction:
+    """f(k) = k + LN(f_res(k)) ~ v (ln_residual) or f_res(k) ~ v; the target passed in is v - k or v."""
+
+    def __init__(self, ln_weight: torch.Tensor | None, ln_bias: torch.Tensor | None) -> None:
+        self.ln_weight, self.ln_bias = ln_weight, ln_bias
+        self.ln_weight_sq = None if ln_weight is None else ln_weight * ln_weight
+
+    @property
+    def ln_residual(self) -> bool:
+        return self.ln_weight is not None
+
+    def prepare(self, target: torch.Tensor) -> torch.Tensor:
+        if self.ln_residual:
+            return prepare_layer_norm_target(target, self.ln_weight, self.ln_bias)
+        return target
+
+    def grad(self, z: torch.Tensor, prepared: torch.Tensor) -> torch.Tensor:
+        if self.ln_residual:
+            return layer_norm_l2_grad(z, self.ln_weight_sq, prepared)
+        return z - prepared
+
+    def loss(self, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-token loss [BH, n]."""
+        y = layer_norm(z, self.ln_weight, self.ln_bias) if self.ln_residual else z
+        return 0.5 * ((y - target) ** 2).sum(-1)
+
+    def readout(self, z: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """The layer's output for queries q with learner output z = f_res(q)."""
+        return q + layer_norm(z, self.ln_weight, self.ln_bias) if self.ln_residual else z
+
+
+class InputReconstruction:
+    """g(z) = LN(z G + c) (decoder LN) or z G + c ~ x, with decoder G: [BH, d, D] and c: [1, 1, D]."""
+
+    def __init__(
+        self,
+        decoder: torch.Tensor,
+        decoder_bias: torch.Tensor,
+        ln_weight: torch.Tensor | None,
+        ln_bias: torch.Tensor | None,
+    ) -> None:
+        self.decoder, self.decoder_bias = decoder, decoder_bias
+        self.ln_weight, self.ln_bias = ln_weight, ln_bias
+        self.ln_weight_sq = None if ln_weight is None else ln_weight * ln_weight
+
+    def prepare(self, target: torch.Tensor) -> torch.Tensor:
+        if self.ln_weight is not None:
+            return prepare_layer_norm_target(target, self.ln_weight, self.ln_bias)
+        return target
+
+    def grad(self, z: torch.Tensor, prepared: torch.Tensor) -> torch.Tensor:
+        decoded = z @ self.decoder + self.decoder_bias
+        if self.ln_weight is not None:
+            grad_decoded = layer_norm_l2_grad(decoded, self.ln_weight_sq, prepared)
+        else:
+            grad_decoded = decoded - prepared
+        return grad_decoded @ self.decoder.transpose(-1, -2)
+
+    def loss(self, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        decoded = z @ self.decoder + self.decoder_bias
+        if self.ln_weight is not None:
+            decoded = layer_norm(decoded, self.ln_weight, self.ln_bias)
+        return 0.5 * ((decoded - target) ** 2).sum(-1)
+
+    def readout(self, z: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """MTTT outputs the encoder's features f(theta_Q x; W_T) themselves; the decoder only trains."""
+        return z
