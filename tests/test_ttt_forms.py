@@ -116,7 +116,7 @@ def test_full_batch_matches_reference(dtype, learner, steps, sgd, input_reconstr
 
 
 @pytest.mark.parametrize("causal", [True, False])
-@pytest.mark.parametrize("n", [1, 63])
+@pytest.mark.parametrize("n", [2, 63])  # at N = 1 the gradient of q is exactly 0: no relative error
 def test_kernel_estimator_matches_reference(causal, n):
     from ttt_bench.layers.attention import softmax_attention_sdpa
 

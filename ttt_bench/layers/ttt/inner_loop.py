@@ -74,8 +74,9 @@ def causal_dual(q, k, target, eta, params: list[Dense], head, mini_batch: int, t
     outputs = []
     for q_part, k_part, t_part, e_part in zip(*(x.split(sizes, dim=1) for x in (q, keys, prepared, eta))):
         b = min(mini_batch, q_part.shape[1])
-        chunked = lambda x: x.unflatten(1, (x.shape[1] // b, b))  # [BH, nc, b, ...]
-        rates = _mini_batch_rates(chunked(e_part), token_index_scale)  # [BH, nc, b, b]
+        # Mini-batch-major [M, BH, b, ...]: each sequential step reads one contiguous block.
+        chunked = lambda x: x.unflatten(1, (x.shape[1] // b, b)).transpose(0, 1).contiguous()
+        rates = _mini_batch_rates(chunked(e_part), token_index_scale)  # [M, BH, b, b]
         last_rates = rates[..., -1, :]  # the rates that carry W to the next mini-batch
         k_chunks = chunked(k_part)
         rated_keys = k_chunks * last_rates[..., None]
@@ -87,27 +88,27 @@ def causal_dual(q, k, target, eta, params: list[Dense], head, mini_batch: int, t
         else:
             weights, stacked = _scan(weights, biased, head, k_chunks, rated_keys, chunked(t_part), last_rates)
         outputs.append(_dual_readout(chunked(q_part), *stacked, biased, rates, head))
-    return torch.cat(outputs, dim=1), learners.unaugment(weights, biased)
+    output = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
+    return output, learners.unaugment(weights, biased)
 
 
 def _scan(weights, biased, head, k_chunks, rated_keys, prepared_chunks, last_rates):
     """The dual form's sequential part for any learner, differentiated by autograd.
 
-    Chunked inputs are [BH, M, b, .]. Returns the final weights and, per layer, every mini-batch's
-    start weights [BH, M, e, d], layer inputs [BH, M, b, e] and gradients [BH, M, b, d].
+    Chunked inputs are [M, BH, b, .]. Returns the final weights and, per layer, every mini-batch's
+    start weights [M, BH, e, d], layer inputs [M, BH, b, e] and gradients [M, BH, b, d].
     """
     saved = []
-    for k_m, rated_k_m, t_m, last_m in zip(k_chunks.unbind(1), rated_keys.unbind(1),
-                                           prepared_chunks.unbind(1), last_rates.unbind(1)):
+    for k_m, rated_k_m, t_m, last_m in zip(k_chunks, rated_keys, prepared_chunks, last_rates):
         inputs, grads = _inner_grads(weights, biased, head, k_m, t_m)
         saved.append((weights, inputs, grads))
         weights = _gd_step(weights, _rated(inputs, last_m, rated_k_m), grads)
-    stack = lambda i: [torch.stack([entry[i][layer] for entry in saved], dim=1) for layer in range(len(weights))]
+    stack = lambda i: [torch.stack([entry[i][layer] for entry in saved]) for layer in range(len(weights))]
     return weights, (stack(0), stack(1), stack(2))
 
 
 def _dual_readout(q_chunks: torch.Tensor, starts, inputs, grads, biased, rates: torch.Tensor, head) -> torch.Tensor:
-    """q_chunks: [BH, M, b, d]; per layer, the mini-batches' start weights, inputs and gradients
+    """q_chunks: [M, BH, b, d]; per layer, the mini-batches' start weights, inputs and gradients
     -> output [BH, M*b, d]."""
     x_bar = q_chunks
     for layer, (w, x, g, has_bias) in enumerate(zip(starts, inputs, grads, biased)):
@@ -116,7 +117,8 @@ def _dual_readout(q_chunks: torch.Tensor, starts, inputs, grads, biased, rates: 
         x_bar = learners.with_ones(x_bar) if has_bias else x_bar
         z_bar = x_bar @ w - (rates * (x_bar @ x.transpose(-1, -2))) @ g
     # The head's per-head parameters are [BH, 1, e]: read out on [BH, N, e], not on the chunked view.
-    return head.readout(z_bar.flatten(1, 2), q_chunks.flatten(1, 2))
+    sequence = lambda x: x.transpose(0, 1).flatten(1, 2)
+    return head.readout(sequence(z_bar), sequence(q_chunks))
 
 
 def causal_primal(q, k, target, eta, params: list[Dense], head, mini_batch: int, token_index_scale: bool):

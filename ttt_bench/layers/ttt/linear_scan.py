@@ -7,6 +7,10 @@ is ~10 small ops per mini-batch whose graph bookkeeping costs more than their ar
 forward runs without a graph and the backward is written out, with everything that does not depend
 on the carried gradient batched over all mini-batches at once.
 
+Tensors are mini-batch-major ([M, BH, ...]) so each step reads and writes contiguous blocks, and the
+per-step results go straight into preallocated buffers (`out=`, in-place accumulation): at TTT-Linear's
+sizes a step's matmuls take microseconds, and copies, stacks and strided reads would cost as much.
+
 With LayerNorm (f = k + LN(f_res(k)) ~ v), G = LNB(A) with A = P + N s, N = LN(Z), s = w^2,
 P = (b - t) w, and LNB(x) = r (x - mean(x) - N mean(x N)), r = 1 / std(Z). Its vector-Jacobian
 product, for an incoming dG (e = width):
@@ -34,66 +38,77 @@ def _inner_grad(z, prepared, weight_sq):
 
 
 class LinearLearnerScan(torch.autograd.Function):
-    """(W0 [BH, e, d], keys [BH, M, b, e], rated [BH, M, b, e], prepared [BH, M, b, d], weight_sq [BH, 1, d]
-    or None) -> (starts [BH, M, e, d]: W_m, grads [BH, M, b, d]: G_m, final [BH, e, d]: W_M)."""
+    """(W0 [BH, e, d], keys [M, BH, b, e], rated [M, BH, b, e], prepared [M, BH, b, d], weight_sq [BH, 1, d]
+    or None) -> (starts [M, BH, e, d]: W_m, grads [M, BH, b, d]: G_m, final [BH, e, d]: W_M)."""
 
     @staticmethod
     def forward(ctx, w0, keys, rated, prepared, weight_sq):
-        starts, grads = [], []
-        w = w0
-        for k_m, r_m, p_m in zip(keys.unbind(1), rated.unbind(1), prepared.unbind(1)):
-            starts.append(w)
-            g = _inner_grad(k_m @ w, p_m, weight_sq)
-            grads.append(g)
-            w = torch.baddbmm(w, r_m.transpose(-1, -2), g, alpha=-1.0)
-        starts, grads = torch.stack(starts, 1), torch.stack(grads, 1)
+        n_chunks = keys.shape[0]
+        states = torch.empty((n_chunks + 1, *w0.shape), dtype=w0.dtype, device=w0.device)
+        grads = torch.empty(prepared.shape, dtype=prepared.dtype, device=prepared.device)
+        states[0].copy_(w0)
+        steps = zip(keys.unbind(0), rated.transpose(-1, -2).unbind(0), prepared.unbind(0), grads.unbind(0),
+                    states.unbind(0))
+        for m, (k_m, rated_t_m, prepared_m, g_m, w_m) in enumerate(steps):
+            g_m.copy_(_inner_grad(torch.bmm(k_m, w_m), prepared_m, weight_sq))
+            torch.baddbmm(w_m, rated_t_m, g_m, alpha=-1.0, out=states[m + 1])
+        starts, final = states[:n_chunks], states[n_chunks].clone()
         ctx.save_for_backward(keys, rated, prepared, weight_sq, starts, grads)
-        return starts, grads, w
+        return starts, grads, final
 
     @staticmethod
     def backward(ctx, d_starts, d_grads, d_final):
         keys, rated, prepared, weight_sq, starts, grads = ctx.saved_tensors
-        d_starts = torch.zeros_like(starts) if d_starts is None else d_starts
-        d_grads = torch.zeros_like(grads) if d_grads is None else d_grads
-        carry = torch.zeros_like(starts[:, 0]) if d_final is None else d_final
-        width = grads.shape[-1]
-        z = keys @ starts  # [BH, M, b, d], recomputed rather than kept from forward
+        # carry = dL/dW_{m+1}, accumulated in place from the last mini-batch back to the first.
+        carry = torch.zeros_like(starts[0]) if d_final is None else d_final.clone()
+        n_chunks, width = keys.shape[0], grads.shape[-1]
+        new = lambda like: torch.empty(like.shape, dtype=like.dtype, device=like.device)
+        d_z, d_rated = new(grads), new(rated)  # d_rated holds -dL/dR_m until the end
+        per_step = [keys.transpose(-1, -2), rated, grads, d_z, d_rated]
+        if d_grads is not None:
+            per_step.append(d_grads)
         if weight_sq is not None:
+            z = keys @ starts  # [M, BH, b, d], recomputed rather than kept from forward
             shape = z.shape[-1:]
             normed, mean, inv_std = torch.native_layer_norm(z, shape, None, None, LN_EPS)
-            # LayerNorm's backward op reads mean and 1/std as contiguous rows: slice them mini-batch-major.
-            per_chunk = lambda t: t.movedim(1, 0).contiguous()
-            z_m, mean_m, inv_std_m = per_chunk(z), per_chunk(mean), per_chunk(inv_std)
-            lnb = lambda x, m: torch.ops.aten.native_layer_norm_backward(
-                x, z_m[m], shape, mean_m[m], inv_std_m[m], None, None, [True, False, False]
-            )[0]
-            a = torch.addcmul(prepared, normed, weight_sq[:, None])  # [BH, 1, 1, d] against [BH, M, b, d]
+            a = torch.addcmul(prepared, normed, weight_sq)  # weight_sq [BH, 1, d] against [M, BH, b, d]
             r_mean_an = inv_std * (a * normed).mean(-1, keepdim=True)
-            a_scaled = a * (inv_std / width)
-            normed_scaled = normed * (inv_std / width)
+            # Both per-token dot products dG.N and dG.G of a step come from one batched matmul.
+            dot_with = torch.stack([normed, grads], dim=-1)  # [M, BH, b, d, 2]
+            d_prepared = new(prepared)
+            per_step += [z, mean, inv_std, normed, a * (inv_std / width), normed * (inv_std / width), r_mean_an,
+                         dot_with, d_prepared]
+        if d_starts is not None:
+            per_step.append(d_starts)
+        steps = list(zip(*(t.unbind(0) for t in per_step)))
 
-        d_z, d_a, carries = [], [], []
-        for m in range(keys.shape[1] - 1, -1, -1):
-            carries.append(carry)  # dL/dW_{m+1}
-            d_g = torch.baddbmm(d_grads[:, m], rated[:, m], carry, alpha=-1.0)
-            if weight_sq is None:
-                d_z_m = d_g
+        for m in range(n_chunks - 1, -1, -1):
+            k_t, rated_m, g_m, d_z_m, d_rated_m, *rest = steps[m]
+            torch.bmm(g_m, carry.transpose(-1, -2), out=d_rated_m)
+            if d_grads is None:
+                d_g = -(rated_m @ carry)
             else:
-                d_a_m = lnb(d_g, m)
-                d_normed = d_a_m * weight_sq - r_mean_an[:, m] * d_g
-                d_normed = d_normed - a_scaled[:, m] * (d_g * normed[:, m]).sum(-1, keepdim=True)
-                d_z_m = lnb(d_normed, m) - normed_scaled[:, m] * (d_g * grads[:, m]).sum(-1, keepdim=True)
-                d_a.append(d_a_m)
-            d_z.append(d_z_m)
-            carry = torch.baddbmm(carry + d_starts[:, m], keys[:, m].transpose(-1, -2), d_z_m)
+                d_grads_m, *rest = rest
+                d_g = torch.baddbmm(d_grads_m, rated_m, carry, alpha=-1.0)
+            if weight_sq is None:
+                d_z_m.copy_(d_g)
+            else:
+                z_m, mean_m, inv_std_m, normed_m, a_scaled, normed_scaled, r_mean_an_m, dot_m, d_a_m, *rest = rest
+                lnb = lambda x: torch.ops.aten.native_layer_norm_backward(
+                    x, z_m, shape, mean_m, inv_std_m, None, None, [True, False, False]
+                )[0]
+                dots = (d_g.unsqueeze(-2) @ dot_m).squeeze(-2)  # [BH, b, 2]: dG.N, dG.G per token
+                d_a_m.copy_(lnb(d_g))
+                d_normed = torch.addcmul(d_a_m * weight_sq, r_mean_an_m, d_g, value=-1.0)
+                d_normed = torch.addcmul(d_normed, a_scaled, dots[..., :1], value=-1.0)
+                torch.addcmul(lnb(d_normed), normed_scaled, dots[..., 1:], value=-1.0, out=d_z_m)
+            if d_starts is not None:
+                carry += rest[0]
+            carry.baddbmm_(k_t, d_z_m)
 
-        d_z = torch.stack(d_z[::-1], 1)
-        carries = torch.stack(carries[::-1], 1)
         d_keys = d_z @ starts.transpose(-1, -2)
-        d_rated = -(grads @ carries.transpose(-1, -2))
         if weight_sq is None:
-            d_prepared, d_weight_sq = -(d_z), None
+            d_prepared, d_weight_sq = -d_z, None
         else:
-            d_prepared = torch.stack(d_a[::-1], 1)
-            d_weight_sq = (d_prepared * normed).sum((1, 2))[:, None]
-        return carry, d_keys, d_rated, d_prepared, d_weight_sq
+            d_weight_sq = (d_prepared * normed).sum((0, 2))[:, None]
+        return carry, d_keys, d_rated.neg_(), d_prepared, d_weight_sq
