@@ -114,7 +114,7 @@ def analytic_forward_flops(layer: torch.nn.Module, batch: int, seq_len: int) -> 
         return math.nan
 
 
-def time_with_probe(fn: Callable[[], object], setup: Callable[[], object], budget: TimingBudget) -> Timing:
+def timed_with_probe(fn: Callable[[], object], setup: Callable[[], object], budget: TimingBudget) -> Timing:
     """One untimed probe call (the warm-up) decides the repeats, so a slow cell gets few of them."""
     setup()
     start = time.perf_counter()
@@ -162,8 +162,8 @@ def measure_cell(
 
         zero_grads()
         row["peak_bytes_fwd_bwd"] = measure_peak_bytes(forward_backward, budget_bytes=memory_budget_bytes)
-        row.update(timing_columns("fwd_bwd", time_with_probe(forward_backward, zero_grads, budget)))
-        row.update(timing_columns("fwd", time_with_probe(forward, zero_grads, budget)))
+        row.update(timing_columns("fwd_bwd", timed_with_probe(forward_backward, zero_grads, budget)))
+        row.update(timing_columns("fwd", timed_with_probe(forward, zero_grads, budget)))
     except Exception as error:  # a cell's failure is a result, not the end of the sweep
         row.update(status="oom" if is_out_of_memory(error) else "error", message=first_line(error))
     return row
@@ -230,8 +230,6 @@ def fit_exponents(frame: pd.DataFrame) -> pd.DataFrame:
                 fwd_bwd_time_exponent=float(np.polyfit(log_n, np.log(used.fwd_bwd_ms.to_numpy(float)), 1)[0]),
             )
         rows.append(row)
-        # A failed cell's traceback can leave its tensors in reference cycles; free them before the next.
-        gc.collect()
     return pd.DataFrame(rows)
 
 
@@ -258,7 +256,7 @@ def fwd_bwd_ms_at(frame: pd.DataFrame, layer: str, seq_len: int) -> tuple[float 
     return float(row.fwd_bwd_ms), ""
 
 
-def time_ratio_target(
+def ratio_target(
     frame: pd.DataFrame, numerator: str, denominator: str, goal: str, meets: Callable[[float], bool]
 ) -> Target:
     name = f"{numerator} / {denominator} fwd+bwd time at N={TARGET_SEQ_LEN}"
@@ -272,8 +270,8 @@ def time_ratio_target(
 
 def evaluate_targets(frame: pd.DataFrame, exponents: pd.DataFrame) -> list[Target]:
     targets = [
-        time_ratio_target(frame, "ttt-linear-primal", "ttt-linear", ">= 5", lambda r: r >= 5),
-        time_ratio_target(frame, "ttt-linear", "linear-attention-causal", "<= 2", lambda r: r <= 2),
+        ratio_target(frame, "ttt-linear-primal", "ttt-linear", ">= 5", lambda r: r >= 5),
+        ratio_target(frame, "ttt-linear", "linear-attention-causal", "<= 2", lambda r: r <= 2),
     ]
     low, high = QUADRATIC_EXPONENT_RANGE
     for row in exponents.itertuples():

@@ -14,8 +14,8 @@ def _list_layers(args: argparse.Namespace) -> None:
     selected = args.layers or layers.names()
     for name in selected:
         variant = layers.variant(name)
-        doc = (variant.layer_cls.__doc__ or "").strip().splitlines()[0]
-        print(f"{name}  ({variant.layer_cls.__name__}: {doc})")
+        settings = ", ".join(f"{key}={value!r}" for key, value in variant.settings.items())
+        print(f"{name:34} {variant.layer_cls.__name__}({settings})")
         if args.knobs:
             for knob in layers.knobs(name):
                 print(f"    {knob.name} = {knob.default!r}  # {knob.doc}")

@@ -79,6 +79,12 @@ class LayerCost:
         return 3 * self.forward_flops
 
 
+def with_ones(x: torch.Tensor) -> torch.Tensor:
+    """[..., n, e] -> [..., n, e + 1]: a ones column (the input a bias row acts on, or the column whose
+    sums are a linear-attention normaliser)."""
+    return torch.cat([x, x.new_ones(()).expand(*x.shape[:-1], 1)], dim=-1)
+
+
 def projection_macs(batch: int, seq_len: int, d_in: int, d_out: int) -> int:
     return batch * seq_len * d_in * d_out
 

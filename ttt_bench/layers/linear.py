@@ -27,6 +27,7 @@ from ttt_bench.layers.base import (
     check_at_least,
     check_choice,
     knob,
+    with_ones,
 )
 from ttt_bench.layers.chunking import chunk_pairs, from_chunks, to_chunks
 from ttt_bench.layers.registry import register
@@ -104,7 +105,7 @@ class LinearAttention(SequenceMixer):
         phi = FEATURE_MAPS[cfg.feature_map]
         q, k = phi(q), phi(k)
         if cfg.normalizer == "sum":
-            v = torch.cat([v, v.new_ones(()).expand(*v.shape[:-1], 1)], dim=-1)
+            v = with_ones(v)
         if cfg.form == "recurrent":
             o, _ = linear_attention_recurrent(q, k, v, cfg.causal)
         else:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ttt_bench.layers.base import with_ones
 from ttt_bench.layers.ttt import learners
 from ttt_bench.layers.ttt.learners import Dense
 from ttt_bench.layers.ttt.linear_scan import LinearLearnerScan
@@ -114,7 +115,7 @@ def _dual_readout(q_chunks: torch.Tensor, starts, inputs, grads, biased, rates: 
     for layer, (w, x, g, has_bias) in enumerate(zip(starts, inputs, grads, biased)):
         if layer:
             x_bar = F.gelu(z_bar)
-        x_bar = learners.with_ones(x_bar) if has_bias else x_bar
+        x_bar = with_ones(x_bar) if has_bias else x_bar
         z_bar = x_bar @ w - (rates * (x_bar @ x.transpose(-1, -2))) @ g
     # The head's per-head parameters are [BH, 1, e]: read out on [BH, N, e], not on the chunked view.
     sequence = lambda x: x.transpose(0, 1).flatten(1, 2)

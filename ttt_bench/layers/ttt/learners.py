@@ -16,6 +16,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ttt_bench.layers.base import with_ones
+
 Dense = tuple[torch.Tensor, "torch.Tensor | None"]
 
 MLP_HIDDEN_MULTIPLIER = 4
@@ -53,11 +55,6 @@ def augment(params: list[Dense]) -> tuple[list[torch.Tensor], list[bool]]:
 
 def unaugment(weights: list[torch.Tensor], biased: list[bool]) -> list[Dense]:
     return [(w[..., :-1, :], w[..., -1:, :]) if b else (w, None) for w, b in zip(weights, biased)]
-
-
-def with_ones(x: torch.Tensor) -> torch.Tensor:
-    """[..., n, e] -> [..., n, e + 1]: the input a bias row acts on."""
-    return torch.cat([x, x.new_ones(()).expand(*x.shape[:-1], 1)], dim=-1)
 
 
 def first_input(biased: list[bool], x: torch.Tensor) -> torch.Tensor:

@@ -23,18 +23,11 @@ from __future__ import annotations
 
 import torch
 
-from ttt_bench.layers.ttt.reconstruction import LN_EPS
+from ttt_bench.layers.ttt.reconstruction import LN_EPS, layer_norm_l2_grad
 
 
 def _inner_grad(z, prepared, weight_sq):
-    if weight_sq is None:
-        return z - prepared
-    shape = z.shape[-1:]
-    normed, mean, inv_std = torch.native_layer_norm(z, shape, None, None, LN_EPS)
-    grad_normed = torch.addcmul(prepared, normed, weight_sq)
-    return torch.ops.aten.native_layer_norm_backward(
-        grad_normed, z, shape, mean, inv_std, None, None, [True, False, False]
-    )[0]
+    return z - prepared if weight_sq is None else layer_norm_l2_grad(z, weight_sq, prepared)
 
 
 class LinearLearnerScan(torch.autograd.Function):
