@@ -84,7 +84,7 @@ def skip_reason(layer: str, seq_len: int) -> str | None:
             f"materialises the N x N score matrix: N > {NAIVE_ATTENTION_MAX_SEQ_LEN} does not fit "
             f"(about 13 GB at N = 16384)"
         )
-    if (layer.endswith("-primal") or "reference" in layer) and seq_len > TOKEN_LOOP_MAX_SEQ_LEN:
+    if layer.endswith("-primal") and seq_len > TOKEN_LOOP_MAX_SEQ_LEN:
         return f"token-by-token loop: N > {TOKEN_LOOP_MAX_SEQ_LEN} takes too long on the CPU"
     return None
 

@@ -133,6 +133,13 @@ def test_wrong_input_shape_is_named(name, shape):
         ("ttt-linear", "inner_steps", 3, "causal=False"),
         ("mttt-linear", "form", "dual", "causal=True"),
         ("ttt-kernel", "ln_residual", True, "ln_residual=False"),
+        ("fast-weights", "decay", 1.0, "strictly between 0 and 1"),
+        ("fast-weights", "fast_lr", 0.0, "> 0"),
+        ("linear-attention", "feature_map", "relu", "elu+1"),
+        ("linear-attention-identity", "normalizer", "sum", "elu+1"),
+        ("linear-attention", "chunk_size", 0, ">= 1"),
+        ("delta-rule", "form", "parallel", "chunked"),
+        ("attention-sdpa", "impl", "flash", "naive"),
     ],
 )
 def test_bad_knob_value_names_field_and_allowed(name, knob, value, allowed):

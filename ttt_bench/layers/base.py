@@ -31,6 +31,11 @@ def check_at_least(layer: str, field: str, value: Any, minimum: float) -> None:
         raise ConfigError(f"{layer}: {field}={value!r} is not allowed; it must be a number >= {minimum}")
 
 
+def check_positive(layer: str, field: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(f"{layer}: {field}={value!r} is not allowed; it must be a number > 0")
+
+
 def check_open_unit(layer: str, field: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
         raise ConfigError(f"{layer}: {field}={value!r} is not allowed; it must lie strictly between 0 and 1")

@@ -30,6 +30,7 @@ from ttt_bench.layers.base import (
     check_at_least,
     check_choice,
     check_open_unit,
+    check_positive,
     knob,
     projection_macs,
 )
@@ -122,7 +123,7 @@ class FastWeightsConfig(MixerConfig):
         name = "fast-weights"
         check_open_unit(name, "decay", self.decay)
         check_choice(name, "learn_decay", self.learn_decay, [True, False])
-        check_at_least(name, "fast_lr", self.fast_lr, 0.0)
+        check_positive(name, "fast_lr", self.fast_lr)
         check_choice(name, "form", self.form, ["chunked", "recurrent"])
         check_at_least(name, "chunk_size", self.chunk_size, 1)
 

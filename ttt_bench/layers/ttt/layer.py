@@ -26,6 +26,7 @@ from ttt_bench.layers.base import (
     SequenceMixer,
     check_at_least,
     check_choice,
+    check_positive,
     knob,
     projection_macs,
 )
@@ -61,8 +62,7 @@ class TTTConfig(MixerConfig):
         check_choice(name, "form", self.form, ["dual", "primal"])
         check_at_least(name, "mini_batch", self.mini_batch, 1)
         check_at_least(name, "inner_steps", self.inner_steps, 1)
-        if isinstance(self.eta_base, bool) or not isinstance(self.eta_base, (int, float)) or self.eta_base <= 0:
-            raise ConfigError(f"{name}: eta_base={self.eta_base!r} is not allowed; it must be a number > 0")
+        check_positive(name, "eta_base", self.eta_base)
         for field in ("causal", "inner_sgd", "learn_eta", "eta_over_head_dim", "token_index_scale",
                       "learn_w0", "inner_bias", "ln_residual"):
             check_choice(name, field, getattr(self, field), [True, False])
