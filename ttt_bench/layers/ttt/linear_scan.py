@@ -40,11 +40,10 @@ class LinearLearnerScan(torch.autograd.Function):
         states = torch.empty((n_chunks + 1, *w0.shape), dtype=w0.dtype, device=w0.device)
         grads = torch.empty(prepared.shape, dtype=prepared.dtype, device=prepared.device)
         states[0].copy_(w0)
-        steps = zip(keys.unbind(0), rated.transpose(-1, -2).unbind(0), prepared.unbind(0), grads.unbind(0),
-                    states.unbind(0))
-        for m, (k_m, rated_t_m, prepared_m, g_m, w_m) in enumerate(steps):
-            g_m.copy_(_inner_grad(torch.bmm(k_m, w_m), prepared_m, weight_sq))
-            torch.baddbmm(w_m, rated_t_m, g_m, alpha=-1.0, out=states[m + 1])
+        rated_t = rated.transpose(-1, -2)
+        for m in range(n_chunks):
+            grads[m] = _inner_grad(torch.bmm(keys[m], states[m]), prepared[m], weight_sq)
+            torch.baddbmm(states[m], rated_t[m], grads[m], alpha=-1.0, out=states[m + 1])
         starts, final = states[:n_chunks], states[n_chunks].clone()
         ctx.save_for_backward(keys, rated, prepared, weight_sq, starts, grads)
         return starts, grads, final
@@ -54,50 +53,38 @@ class LinearLearnerScan(torch.autograd.Function):
         keys, rated, prepared, weight_sq, starts, grads = ctx.saved_tensors
         # carry = dL/dW_{m+1}, accumulated in place from the last mini-batch back to the first.
         carry = torch.zeros_like(starts[0]) if d_final is None else d_final.clone()
-        n_chunks, width = keys.shape[0], grads.shape[-1]
+        width = grads.shape[-1]
         new = lambda like: torch.empty(like.shape, dtype=like.dtype, device=like.device)
         d_z, d_rated = new(grads), new(rated)  # d_rated holds -dL/dR_m until the end
-        per_step = [keys.transpose(-1, -2), rated, grads, d_z, d_rated]
-        if d_grads is not None:
-            per_step.append(d_grads)
         if weight_sq is not None:
             z = keys @ starts  # [M, BH, b, d], recomputed rather than kept from forward
             shape = z.shape[-1:]
             normed, mean, inv_std = torch.native_layer_norm(z, shape, None, None, LN_EPS)
+            lnb = lambda x, m: torch.ops.aten.native_layer_norm_backward(
+                x, z[m], shape, mean[m], inv_std[m], None, None, [True, False, False]
+            )[0]
             a = torch.addcmul(prepared, normed, weight_sq)  # weight_sq [BH, 1, d] against [M, BH, b, d]
             r_mean_an = inv_std * (a * normed).mean(-1, keepdim=True)
-            # Both per-token dot products dG.N and dG.G of a step come from one batched matmul.
-            dot_with = torch.stack([normed, grads], dim=-1)  # [M, BH, b, d, 2]
+            a_scaled = a * (inv_std / width)
+            normed_scaled = normed * (inv_std / width)
             d_prepared = new(prepared)
-            per_step += [z, mean, inv_std, normed, a * (inv_std / width), normed * (inv_std / width), r_mean_an,
-                         dot_with, d_prepared]
-        if d_starts is not None:
-            per_step.append(d_starts)
-        steps = list(zip(*(t.unbind(0) for t in per_step)))
 
-        for m in range(n_chunks - 1, -1, -1):
-            k_t, rated_m, g_m, d_z_m, d_rated_m, *rest = steps[m]
-            torch.bmm(g_m, carry.transpose(-1, -2), out=d_rated_m)
-            if d_grads is None:
-                d_g = -(rated_m @ carry)
-            else:
-                d_grads_m, *rest = rest
-                d_g = torch.baddbmm(d_grads_m, rated_m, carry, alpha=-1.0)
+        keys_t = keys.transpose(-1, -2)
+        for m in range(keys.shape[0] - 1, -1, -1):
+            torch.bmm(grads[m], carry.transpose(-1, -2), out=d_rated[m])
+            d_g = -(rated[m] @ carry) if d_grads is None else torch.baddbmm(d_grads[m], rated[m], carry, alpha=-1.0)
             if weight_sq is None:
-                d_z_m.copy_(d_g)
+                d_z[m] = d_g
             else:
-                z_m, mean_m, inv_std_m, normed_m, a_scaled, normed_scaled, r_mean_an_m, dot_m, d_a_m, *rest = rest
-                lnb = lambda x: torch.ops.aten.native_layer_norm_backward(
-                    x, z_m, shape, mean_m, inv_std_m, None, None, [True, False, False]
-                )[0]
-                dots = (d_g.unsqueeze(-2) @ dot_m).squeeze(-2)  # [BH, b, 2]: dG.N, dG.G per token
-                d_a_m.copy_(lnb(d_g))
-                d_normed = torch.addcmul(d_a_m * weight_sq, r_mean_an_m, d_g, value=-1.0)
-                d_normed = torch.addcmul(d_normed, a_scaled, dots[..., :1], value=-1.0)
-                torch.addcmul(lnb(d_normed), normed_scaled, dots[..., 1:], value=-1.0, out=d_z_m)
+                d_a_m = lnb(d_g, m)
+                d_normed = torch.addcmul(d_a_m * weight_sq, r_mean_an[m], d_g, value=-1.0)
+                d_normed = torch.addcmul(d_normed, a_scaled[m], (d_g * normed[m]).sum(-1, keepdim=True), value=-1.0)
+                dot_grads = (d_g * grads[m]).sum(-1, keepdim=True)
+                torch.addcmul(lnb(d_normed, m), normed_scaled[m], dot_grads, value=-1.0, out=d_z[m])
+                d_prepared[m] = d_a_m
             if d_starts is not None:
-                carry += rest[0]
-            carry.baddbmm_(k_t, d_z_m)
+                carry += d_starts[m]
+            carry.baddbmm_(keys_t[m], d_z[m])
 
         d_keys = d_z @ starts.transpose(-1, -2)
         if weight_sq is None:
