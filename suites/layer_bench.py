@@ -1,18 +1,21 @@
-"""Time and memory of every registered layer across sequence lengths, on the CPU in fp32.
+"""Time, memory and FLOPs of every registered layer across sequence lengths (CPU fp32 by default).
 
     python suites/layer_bench.py --quick --out /tmp/lb
     python suites/layer_bench.py --layers ttt-linear,attention-sdpa --seq-lens 1024,4096 --out results/lb
+    python suites/layer_bench.py --device cuda --dtype bfloat16 --layers attention-sdpa --seq-lens 8192 --out results/gpu-sdpa
 
-For each (layer, N): forward+backward and forward-only wall-clock (median, p20, p80) and the peak
-tracked tensor bytes of forward+backward. Writes OUT/layer_bench.csv (one row per layer and N) and
-OUT/layer_bench.md (the table, log-log exponents of memory and time against N, and the targets),
-and prints the markdown. A failing cell records its status and message; the sweep goes on.
+For each (layer, N), ttt_bench.profile.measure_cell: forward and forward+backward wall-clock (median,
+p20, p80, tokens/s, achieved TFLOP/s), peak tracked tensor bytes, and the matmul work counted three ways
+(the layer's formula, fvcore, FlopCounterMode). Writes OUT/layer_bench.csv (one row per layer and N,
+each with its environment), OUT/env.json and OUT/layer_bench.md (the tables, log-log exponents of memory
+and time against N, the FLOP-count agreement and the targets), and prints the markdown. A failing cell
+records its status and message; the sweep goes on.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
+import json
 import math
 import platform
 import sys
@@ -26,8 +29,8 @@ import pandas as pd
 import torch
 
 from ttt_bench import layers
-from ttt_bench.profile.memory import measure_peak_bytes
-from ttt_bench.profile.timing import Timing, time_callable
+from ttt_bench.profile.env import environment
+from ttt_bench.profile.measure import DTYPES, FULL_BUDGET, QUICK_BUDGET, ROW_COLUMNS, Cell, TimingBudget, measure_cell
 
 DEFAULT_SEQ_LENS = (1024, 2048, 4096, 8192, 16384)
 QUICK_SEQ_LENS = (256, 1024, 4096)
@@ -37,34 +40,8 @@ NAIVE_ATTENTION_MAX_SEQ_LEN = 8192
 TOKEN_LOOP_MAX_SEQ_LEN = 4096
 LINEAR_EXPONENT_MAX = 1.1
 QUADRATIC_EXPONENT_RANGE = (1.8, 2.2)
+COUNT_FLOPS_MAX_SEQ_LEN = 1024  # fvcore traces token loops slowly (40 s for a primal TTT form at N=4096)
 MiB = 2**20
-
-COLUMNS = [
-    "layer", "seq_len", "batch", "d_model", "n_heads", "head_dim", "dtype", "device", "threads",
-    "status", "message",
-    "fwd_ms", "fwd_p20_ms", "fwd_p80_ms",
-    "fwd_bwd_ms", "fwd_bwd_p20_ms", "fwd_bwd_p80_ms",
-    "peak_bytes_fwd_bwd", "analytic_fwd_flops",
-]
-
-
-@dataclass(frozen=True)
-class TimingBudget:
-    """How long each timing of a cell may run: a probe call decides how many repeats a slow cell gets."""
-
-    min_total_s: float
-    min_repeats: int
-    slow_call_s: float  # a probe call longer than this gets `slow_min_repeats` repeats
-    slow_min_repeats: int
-    max_repeats: int = 50
-
-    def repeats_for(self, probe_s: float) -> int:
-        return self.slow_min_repeats if probe_s > self.slow_call_s else self.min_repeats
-
-
-FULL_BUDGET = TimingBudget(min_total_s=0.5, min_repeats=5, slow_call_s=1.0, slow_min_repeats=3)
-QUICK_BUDGET = TimingBudget(min_total_s=0.2, min_repeats=3, slow_call_s=0.5, slow_min_repeats=2)
-
 
 @dataclass(frozen=True)
 class Shape:
@@ -89,86 +66,6 @@ def skip_reason(layer: str, seq_len: int) -> str | None:
     return None
 
 
-def is_out_of_memory(error: BaseException) -> bool:
-    if isinstance(error, torch.OutOfMemoryError):
-        return True
-    # The CPU allocator reports exhaustion as a plain RuntimeError.
-    text = str(error).lower()
-    return isinstance(error, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
-
-
-def first_line(error: BaseException, limit: int = 300) -> str:
-    lines = str(error).strip().splitlines()
-    text = f"{type(error).__name__}: {lines[0] if lines else ''}"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def timing_columns(prefix: str, timing: Timing) -> dict[str, float]:
-    return {f"{prefix}_ms": timing.median_ms, f"{prefix}_p20_ms": timing.p20_ms, f"{prefix}_p80_ms": timing.p80_ms}
-
-
-def analytic_forward_flops(layer: torch.nn.Module, batch: int, seq_len: int) -> float:
-    try:
-        return float(layer.cost(batch, seq_len).forward_flops)
-    except NotImplementedError:
-        return math.nan
-
-
-def timed_with_probe(fn: Callable[[], object], setup: Callable[[], object], budget: TimingBudget) -> Timing:
-    """One untimed probe call (the warm-up) decides the repeats, so a slow cell gets few of them."""
-    setup()
-    start = time.perf_counter()
-    fn()
-    probe_s = time.perf_counter() - start
-    repeats = budget.repeats_for(probe_s)
-    return time_callable(
-        fn,
-        setup=setup,
-        warmup=0,
-        min_total_s=budget.min_total_s,
-        min_repeats=repeats,
-        max_repeats=max(repeats, budget.max_repeats),
-    )
-
-
-def measure_cell(
-    name: str, seq_len: int, shape: Shape, budget: TimingBudget, memory_budget_bytes: int | None
-) -> dict[str, object]:
-    """One row: peak tracked bytes first (a budget overrun is a clean 'oom'), then the two timings."""
-    row: dict[str, object] = {"layer": name, "seq_len": seq_len, "status": "ok", "message": ""}
-    reason = skip_reason(name, seq_len)
-    try:
-        torch.manual_seed(0)
-        layer = layers.build(name, d_model=shape.d_model, n_heads=shape.n_heads)
-        row["analytic_fwd_flops"] = analytic_forward_flops(layer, shape.batch, seq_len)
-        if reason is not None:
-            row.update(status="skipped", message=reason)
-            return row
-
-        # x: [B, N, D]; the loss is a fixed random projection of the output, so every output
-        # element carries a distinct gradient (a plain sum would not).
-        x = torch.randn(shape.batch, seq_len, shape.d_model, requires_grad=True)
-        projection = torch.randn(shape.batch, seq_len, shape.d_model)
-
-        def zero_grads() -> None:
-            x.grad = None
-            layer.zero_grad(set_to_none=True)
-
-        def forward() -> None:
-            layer(x)
-
-        def forward_backward() -> None:
-            (layer(x) * projection).sum().backward()
-
-        zero_grads()
-        row["peak_bytes_fwd_bwd"] = measure_peak_bytes(forward_backward, budget_bytes=memory_budget_bytes)
-        row.update(timing_columns("fwd_bwd", timed_with_probe(forward_backward, zero_grads, budget)))
-        row.update(timing_columns("fwd", timed_with_probe(forward, zero_grads, budget)))
-    except Exception as error:  # a cell's failure is a result, not the end of the sweep
-        row.update(status="oom" if is_out_of_memory(error) else "error", message=first_line(error))
-    return row
-
-
 def run_sweep(
     names: list[str],
     seq_lens: list[int],
@@ -176,22 +73,26 @@ def run_sweep(
     threads: int,
     budget: TimingBudget,
     memory_budget_bytes: int | None,
+    count_flops_max_seq_len: int,
+    device: str = "cpu",
+    dtype: str = "float32",
 ) -> pd.DataFrame:
     torch.set_num_threads(threads)
-    constants = {
-        "batch": shape.batch, "d_model": shape.d_model, "n_heads": shape.n_heads, "head_dim": shape.head_dim,
-        "dtype": "float32", "device": "cpu", "threads": threads,
-    }
+    env = environment(device)
     rows = []
     cells = [(name, n) for name in names for n in seq_lens]
     for index, (name, seq_len) in enumerate(cells, start=1):
         start = time.perf_counter()
-        row = {**constants, **measure_cell(name, seq_len, shape, budget, memory_budget_bytes)}
-        rows.append(row)
-        # A failed cell's traceback can leave its tensors in reference cycles; free them before the next.
-        gc.collect()
+        cell = Cell(
+            name, seq_len, batch=shape.batch, d_model=shape.d_model, n_heads=shape.n_heads, dtype=dtype, device=device
+        )
+        row = measure_cell(
+            cell, budget, memory_budget_bytes=memory_budget_bytes, count_flops=seq_len <= count_flops_max_seq_len,
+            skip_reason=skip_reason(name, seq_len),
+        )
+        rows.append({**row, **env})
         print(f"[{index}/{len(cells)}] {progress_text(row)} ({time.perf_counter() - start:.1f} s)", file=sys.stderr)
-    return pd.DataFrame(rows).reindex(columns=COLUMNS)
+    return pd.DataFrame(rows).reindex(columns=[*ROW_COLUMNS, *env])
 
 
 def progress_text(row: dict[str, object]) -> str:
@@ -199,7 +100,7 @@ def progress_text(row: dict[str, object]) -> str:
     if row["status"] == "ok":
         return (
             f"{head}, fwd+bwd {row['fwd_bwd_ms']:.1f} ms, fwd {row['fwd_ms']:.1f} ms, "
-            f"peak {row['peak_bytes_fwd_bwd'] / MiB:.1f} MiB"
+            f"peak {row['fwd_bwd_peak_bytes'] / MiB:.1f} MiB"
         )
     return f"{head} ({row['message']})"
 
@@ -212,7 +113,7 @@ def fit_exponents(frame: pd.DataFrame) -> pd.DataFrame:
     low, high = EXPONENT_SEQ_LEN_RANGE
     rows = []
     for name, cells in frame.groupby("layer", sort=False):
-        used = cells[(cells.status == "ok") & cells.seq_len.between(low, high) & (cells.peak_bytes_fwd_bwd > 0)]
+        used = cells[(cells.status == "ok") & cells.seq_len.between(low, high) & (cells.fwd_bwd_peak_bytes > 0)]
         row = {
             "layer": name,
             "cells": len(used),
@@ -226,7 +127,7 @@ def fit_exponents(frame: pd.DataFrame) -> pd.DataFrame:
             row.update(
                 n_min=int(used.seq_len.min()),
                 n_max=int(used.seq_len.max()),
-                peak_bytes_exponent=float(np.polyfit(log_n, np.log(used.peak_bytes_fwd_bwd.to_numpy(float)), 1)[0]),
+                peak_bytes_exponent=float(np.polyfit(log_n, np.log(used.fwd_bwd_peak_bytes.to_numpy(float)), 1)[0]),
                 fwd_bwd_time_exponent=float(np.polyfit(log_n, np.log(used.fwd_bwd_ms.to_numpy(float)), 1)[0]),
             )
         rows.append(row)
@@ -297,8 +198,35 @@ def number(value: object, fmt: str) -> str:
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
 
 
+def flop_agreement_rows(frame: pd.DataFrame) -> list[list[str]]:
+    rows = []
+    for name, cells in frame.groupby("layer", sort=False):
+        counted = cells[cells.fwd_macs_flop_counter.notna()]
+        if counted.empty:
+            rows.append([name, "0", "", "", "", ""])
+            continue
+        def worst(counted_macs: pd.Series, formula: pd.Series) -> str:
+            difference = (counted_macs / formula - 1).abs().max()
+            return "equal" if difference == 0 else f"{difference:.2e}"
+
+        uncounted = sorted({op for ops in counted.uncounted_ops.fillna("") for op in ops.split(";") if op})
+        rows.append([
+            name, str(len(counted)),
+            worst(counted.fwd_macs_fvcore, counted.fwd_macs - counted.final_state_macs),
+            worst(counted.fwd_macs_flop_counter, counted.fwd_macs),
+            worst(counted.fwd_bwd_macs_flop_counter, counted.fwd_bwd_macs),
+            ", ".join(uncounted) or "none",
+        ])
+    return rows
+
+
 def render_markdown(
-    frame: pd.DataFrame, exponents: pd.DataFrame, targets: list[Target], shape: Shape, threads: int
+    frame: pd.DataFrame,
+    exponents: pd.DataFrame,
+    targets: list[Target],
+    shape: Shape,
+    threads: int,
+    count_flops_max_seq_len: int,
 ) -> str:
     low, high = EXPONENT_SEQ_LEN_RANGE
     result_rows = [
@@ -307,9 +235,12 @@ def render_markdown(
             number(r.fwd_ms, ".2f"),
             f"{number(r.fwd_bwd_ms, '.2f')} ({number(r.fwd_bwd_p20_ms, '.2f')}–{number(r.fwd_bwd_p80_ms, '.2f')})"
             if r.status == "ok" else "",
-            number(r.peak_bytes_fwd_bwd / MiB, ".1f"),
-            number(r.analytic_fwd_flops / 1e9, ".3f"),
-            r.message,
+            number(r.fwd_bwd_tflops_per_s * 1e3, ".1f"),
+            number(r.fwd_bwd_peak_bytes / MiB, ".1f"),
+            number(r.fwd_flops / 1e9, ".3f"),
+            number(r.fwd_useful_flops / 1e9, ".3f"),
+            number(r.fwd_bwd_flops / 1e9, ".3f"),
+            r.message if isinstance(r.message, str) else "",
         ]
         for r in frame.itertuples()
     ]
@@ -327,18 +258,30 @@ def render_markdown(
     return "\n\n".join(
         [
             "# Layer benchmark",
-            f"float32 on the CPU, {threads} threads; batch {shape.batch}, {shape.n_heads} heads x head dim "
+            f"{frame.dtype.iloc[0]} on {frame.device.iloc[0]}, {threads} CPU threads; batch {shape.batch}, {shape.n_heads} heads x head dim "
             f"{shape.head_dim} (d_model {shape.d_model}); torch {torch.__version__}, {platform.platform()}.",
             "Forward+backward: forward, loss = sum of the output times a fixed random projection, backward into "
             "the input and the parameters (gradients zeroed outside the timed region). Forward: the same forward "
             "with autograd recording. Times are the median (p20–p80) of the timed repeats after a warm-up call. "
             "Peak is the tracked live tensor bytes of forward+backward: storages returned by aten ops, "
             "inputs and parameters excluded, workspace inside fused kernels not seen. "
-            "GFLOP is the layer's analytic forward count (2 per multiply-add, matrix products only).",
+            "GFLOP are the layer's analytic counts (FLOPs = 2 x MACs, matrix products only): forward as "
+            "executed (dense: a causal mask still costs the full product), forward useful (what the causal mask "
+            "keeps) and forward+backward as executed; GFLOP/s is the executed forward+backward count over the "
+            "median time.",
             markdown_table(
-                ["layer", "N", "status", "fwd ms", "fwd+bwd ms (p20–p80)", "peak MiB", "fwd GFLOP", "message"],
+                ["layer", "N", "status", "fwd ms", "fwd+bwd ms (p20–p80)", "fwd+bwd GFLOP/s", "peak MiB",
+                 "fwd GFLOP", "fwd useful GFLOP", "fwd+bwd GFLOP", "message"],
                 result_rows,
             ),
+            "## FLOP counts",
+            "The same matmul work counted three ways: the layer's formula, fvcore on a `torch.jit.trace` of the "
+            "forward (minus work that only makes the final state, which a trace prunes) and FlopCounterMode on "
+            "the ops that run, forward and forward+backward. Largest relative difference to the formula over "
+            "the cells counted (N <= " + str(count_flops_max_seq_len) + "); operators a counter had no rule "
+            "for are listed.",
+            markdown_table(["layer", "cells", "fvcore fwd", "FlopCounterMode fwd", "FlopCounterMode fwd+bwd",
+                            "uncounted ops"], flop_agreement_rows(frame)),
             "## Scaling with N",
             f"Least-squares slope of log(peak bytes) and of log(fwd+bwd ms) against log(N), over the ok cells "
             f"with {low} <= N <= {high}; blank where fewer than two lengths qualify.",
@@ -378,10 +321,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="'cpu' (default) or 'cuda[:i]'")
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     parser.add_argument(
         "--out", type=Path, help="output folder (default results/cpu-layer-bench, --quick results/cpu-quick-layer-bench)"
     )
-    parser.add_argument("--quick", action="store_true", help="small grid and short timings (a couple of minutes)")
+    parser.add_argument("--quick", action="store_true", help="small grid and short timings (a few minutes)")
+    parser.add_argument(
+        "--count-flops-max-seq-len", type=int, default=COUNT_FLOPS_MAX_SEQ_LEN,
+        help=f"count FLOPs with fvcore and FlopCounterMode up to this N (default {COUNT_FLOPS_MAX_SEQ_LEN}); "
+        "the analytic count is in every row",
+    )
     parser.add_argument(
         "--memory-budget-gib", type=float,
         help="tracked-bytes budget per cell; a cell above it is 'oom' (default: half the available memory)",
@@ -396,15 +346,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--layers: unknown {', '.join(unknown)}; registered layers: {', '.join(registered)}")
     else:
         args.layer_names = registered
-    for option in ("batch", "heads", "head_dim", "threads"):
+    for option in ("batch", "heads", "head_dim", "threads", "count_flops_max_seq_len"):
         if getattr(args, option) < 1:
             parser.error(f"--{option.replace('_', '-')}={getattr(args, option)}: it must be >= 1")
     if args.out is None:
         args.out = Path("results/cpu-quick-layer-bench" if args.quick else "results/cpu-layer-bench")
     if args.seq_lens is None:
         args.seq_lens = list(QUICK_SEQ_LENS if args.quick else DEFAULT_SEQ_LENS)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"--device={args.device!r} is not a device; use 'cpu' or 'cuda[:i]'")
+    if device.type not in ("cpu", "cuda") or (device.type == "cuda" and not torch.cuda.is_available()):
+        parser.error(f"--device={args.device!r} is not available here; use 'cpu'" + (" or 'cuda[:i]'" if torch.cuda.is_available() else ""))
     if args.memory_budget_gib is not None:
         args.memory_budget_bytes = int(args.memory_budget_gib * 2**30)
+    elif device.type == "cuda":
+        args.memory_budget_bytes = None  # the card's own limit
     else:
         # Tracked bytes miss kernel workspace and allocator slack, so leave the other half for them.
         available = available_memory_bytes()
@@ -416,12 +374,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     shape = Shape(batch=args.batch, n_heads=args.heads, head_dim=args.head_dim)
     budget = QUICK_BUDGET if args.quick else FULL_BUDGET
-    frame = run_sweep(args.layer_names, args.seq_lens, shape, args.threads, budget, args.memory_budget_bytes)
+    frame = run_sweep(
+        args.layer_names, args.seq_lens, shape, args.threads, budget, args.memory_budget_bytes,
+        args.count_flops_max_seq_len, args.device, args.dtype,
+    )
     exponents = fit_exponents(frame)
-    markdown = render_markdown(frame, exponents, evaluate_targets(frame, exponents), shape, args.threads)
+    targets = evaluate_targets(frame, exponents)
+    markdown = render_markdown(frame, exponents, targets, shape, args.threads, args.count_flops_max_seq_len)
 
     args.out.mkdir(parents=True, exist_ok=True)
     frame.to_csv(args.out / "layer_bench.csv", index=False)
+    (args.out / "env.json").write_text(json.dumps(environment(args.device), indent=2) + "\n")
     (args.out / "layer_bench.md").write_text(markdown)
     print(markdown)
     return 0

@@ -2,6 +2,7 @@
 runs out of its memory budget recorded as 'oom' while the others finish."""
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -36,8 +37,13 @@ def test_sweep_records_an_oom_cell_and_finishes_the_rest(layer_bench, tmp_path):
     assert status["attention-naive-causal", 32] == "ok"
     assert (frame[frame.layer != "attention-naive-causal"].status == "ok").all()
     ok = frame[frame.status == "ok"]
-    assert (ok.fwd_bwd_ms > 0).all() and (ok.peak_bytes_fwd_bwd > 0).all()
+    assert (ok.fwd_bwd_ms > 0).all() and (ok.fwd_bwd_peak_bytes > 0).all()
     assert (ok.fwd_bwd_p20_ms <= ok.fwd_bwd_ms).all() and (ok.fwd_bwd_ms <= ok.fwd_bwd_p80_ms).all()
+    assert (ok.fwd_macs_flop_counter == ok.fwd_macs).all() and (ok.fwd_bwd_macs_flop_counter == ok.fwd_bwd_macs).all()
+    assert (ok.fwd_bwd_tokens_per_s == ok.seq_len / (ok.fwd_bwd_ms / 1000)).all()
+    assert (ok.uncounted_ops.isna()).all()  # an empty list of uncounted ops reads back as NaN
+    assert (frame.git_commit == layer_bench.environment()["git_commit"]).all()
+    assert "torch_version" in json.loads((tmp_path / "env.json").read_text())
     oom = frame[frame.status == "oom"].iloc[0]
     assert "budget" in oom.message
     report = (tmp_path / "layer_bench.md").read_text()

@@ -12,6 +12,8 @@ def test_ttt_linear_dual_cost_by_hand():
     assert cost.forward_macs == 512 + 32 + 480 + 32 * 9
     assert cost.useful_forward_macs == 512 + 32 + 480 + 20 * 9
     assert cost.state_numel == 4 * 4 + 4
+    # Backward: two products per product, plus Z = K W recomputed per token for LayerNorm (5*4 each).
+    assert cost.backward_macs == 2 * cost.forward_macs + 8 * 20
 
 
 def test_ttt_linear_dual_cost_with_a_short_last_mini_batch():
@@ -42,6 +44,9 @@ def test_softmax_attention_cost_by_hand():
         assert causal.forward_macs == 1280 + 400 and causal.useful_forward_macs == 1280 + 240
         assert full.state_numel is None
         assert full.forward_flops == 2 * (1280 + 400)
+        # Backward: the projections' two products each; of the N x N x d products (2*25*4 = 200 MACs each),
+        # naive autograd runs four, SDPA's fused backward five (the scores recomputed).
+        assert full.backward_macs == causal.backward_macs == 2 * 1280 + (4 if impl == "naive" else 5) * 200
 
 
 def test_linear_attention_cost_by_hand():
@@ -76,6 +81,11 @@ def test_delta_rule_cost_by_hand():
     cost = build("delta-rule", d_model=4, n_heads=1, chunk_size=4).cost(batch=1, seq_len=8)
     assert cost.forward_macs == 544 + 864
     assert cost.useful_forward_macs == 544 + 688
+    # Backward: no products for the last chunk's K^T U (16*4 = 64, only the final state reads it);
+    # each chunk's solve backward adds dA = -dB X^T (16 per column) minus one solve (6 per column),
+    # 10 * 8 columns = 80 per chunk; the first chunk's W_k S reads the zero state (one product, -64).
+    assert cost.final_state_macs == 64
+    assert cost.backward_macs == 2 * (544 + 864 - 64) + 2 * 80 - 64
     recurrent = build("delta-rule", d_model=4, n_heads=1, form="recurrent").cost(batch=1, seq_len=8)
     assert recurrent.forward_macs == recurrent.useful_forward_macs == 544 + 384
     assert cost.state_numel == 16

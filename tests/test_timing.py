@@ -3,6 +3,7 @@
 These check the method, never a speed: tolerances are wide enough for a busy two-core machine.
 """
 
+import statistics
 import time
 
 import pytest
@@ -12,18 +13,25 @@ from torch.utils import benchmark
 from ttt_bench.profile.timing import Timing, time_callable
 
 
-def test_cpu_matmul_agrees_with_torch_benchmark_timer():
+def test_cpu_matmul_agrees_with_torch_benchmark_timer_within_10_percent():
+    # One thread on both sides (Timer's own default) and interleaved rounds, so a busy neighbour on a
+    # shared CI machine slows both timers alike; the medians over rounds are compared.
     generator = torch.Generator().manual_seed(0)
-    a = torch.randn(384, 384, generator=generator)
+    a = torch.randn(384, 384, generator=generator)  # ~1 ms: the per-call clock reads are noise
     b = torch.randn(384, 384, generator=generator)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ours, theirs = [], []
+        timer = benchmark.Timer(stmt="a @ b", globals={"a": a, "b": b}, num_threads=1)
+        for _ in range(5):
+            ours.append(time_callable(lambda: a @ b, warmup=3, min_total_s=0.1, min_repeats=20).median_ms)
+            theirs.append(1000.0 * timer.blocked_autorange(min_run_time=0.1).median)
+    finally:
+        torch.set_num_threads(threads)
 
-    ours = time_callable(lambda: a @ b, warmup=3, min_total_s=0.3, min_repeats=10)
-    theirs = benchmark.Timer(
-        stmt="a @ b", globals={"a": a, "b": b}, num_threads=torch.get_num_threads()
-    ).blocked_autorange(min_run_time=0.3)
-
-    ratio = ours.median_ms / (1000.0 * theirs.median)
-    assert 1 / 3 < ratio < 3, f"time_callable {ours.median_ms:.3f} ms vs Timer {1000 * theirs.median:.3f} ms"
+    ratio = statistics.median(ours) / statistics.median(theirs)
+    assert 0.9 <= ratio <= 1.1, f"time_callable {ours} ms vs Timer {theirs} ms"
 
 
 def test_sleep_is_timed_from_below():

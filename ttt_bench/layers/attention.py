@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ttt_bench.layers.base import LayerCost, MixerConfig, SequenceMixer, check_choice, knob
+from ttt_bench.layers.base import LayerCost, MixerConfig, SequenceMixer, autograd_backward_macs, check_choice, knob
 from ttt_bench.layers.registry import register
 
 
@@ -40,6 +40,13 @@ def attention_macs(batch: int, heads: int, seq_len: int, head_dim: int, causal: 
     dense = 2 * batch * heads * seq_len * seq_len * head_dim
     pairs = seq_len * (seq_len + 1) // 2 if causal else seq_len * seq_len
     return dense, 2 * batch * heads * pairs * head_dim
+
+
+def attention_backward_macs(batch: int, heads: int, seq_len: int, head_dim: int, impl: str) -> int:
+    """Backward MACs of the two products. Naive: autograd's two per product (dQ, dK; dP, dV). SDPA's fused
+    kernels (FlashAttention's backward) recompute the scores first: five N x N x d products, 2.5 x forward."""
+    product = batch * heads * seq_len * seq_len * head_dim  # one N x N x d product, dense
+    return (4 if impl == "naive" else 5) * product
 
 
 @dataclass
@@ -71,4 +78,7 @@ class SoftmaxAttention(SequenceMixer):
         cfg = self.config
         executed, useful = attention_macs(batch, cfg.n_heads, seq_len, cfg.head_dim, cfg.causal)
         projections = self.projections_macs(batch, seq_len)
-        return LayerCost(projections + executed, projections + useful, None)
+        backward = autograd_backward_macs(projections) + attention_backward_macs(
+            batch, cfg.n_heads, seq_len, cfg.head_dim, cfg.impl
+        )
+        return LayerCost(batch * seq_len, projections + executed, projections + useful, backward, None)

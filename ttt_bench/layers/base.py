@@ -63,25 +63,55 @@ class MixerConfig:
 
 @dataclass(frozen=True)
 class LayerCost:
-    """Analytic matmul work of one forward pass, from the layer's equations.
+    """Analytic matmul work of one forward pass and of its backward, from the layer's equations.
 
-    Convention: a MAC is one multiply-accumulate; FLOPs = 2 x MACs. Only matrix products are counted
-    (projections, scores, state updates); elementwise work (softmax, norms, activations) is not.
-    Forward+backward is taken as 3 x forward: each product's backward computes two products of
-    the same size (the gradients of both operands).
+    Convention: a MAC is one multiply-accumulate; FLOPs = 2 x MACs, always. Only products count (the
+    projections, scores, state reads and writes, triangular solves); elementwise work (softmax, norms,
+    activations, decays, running sums) does not (ttt_bench/profile/op_policy.py).
+    Backward is what autograd runs for a loss on the output with x requiring grad, as inside a network:
+    each product's backward computes one product of the same size per operand that needs a gradient,
+    so 2 x forward, except where a layer states otherwise (a fused attention kernel recomputes its
+    scores, a fixed initial state needs no gradient, a hand-written backward recomputes a product).
+    Exact for the fast forms; the token-loop references write their states elementwise.
     """
 
+    tokens: int  # B x N: the per-token figures divide by it
     forward_macs: int  # as executed: a causal mask applied to a dense product still costs the full product
     useful_forward_macs: int  # the part a causal mask keeps (equal to forward_macs when nothing is masked)
+    backward_macs: int  # as executed by autograd for a loss on the output
     state_numel: int | None  # elements of the recurrent state per sequence; None when there is none (attention)
+    # Forward work on its own op that only produces the final recurrent state (kept for decoding on):
+    # the output does not depend on it, so no backward runs for it and a traced graph (fvcore) prunes it.
+    final_state_macs: int = 0
 
     @property
     def forward_flops(self) -> int:
         return 2 * self.forward_macs
 
     @property
+    def useful_forward_flops(self) -> int:
+        return 2 * self.useful_forward_macs
+
+    @property
+    def forward_backward_macs(self) -> int:
+        return self.forward_macs + self.backward_macs
+
+    @property
     def forward_backward_flops(self) -> int:
-        return 3 * self.forward_flops
+        return 2 * self.forward_backward_macs
+
+    @property
+    def forward_macs_per_token(self) -> float:
+        return self.forward_macs / self.tokens
+
+    @property
+    def forward_backward_macs_per_token(self) -> float:
+        return self.forward_backward_macs / self.tokens
+
+
+def autograd_backward_macs(forward_macs: int, final_state_macs: int = 0) -> int:
+    """Two products per forward product (both operands need a gradient), none for final-state-only work."""
+    return 2 * (forward_macs - final_state_macs)
 
 
 def with_ones(x: torch.Tensor) -> torch.Tensor:

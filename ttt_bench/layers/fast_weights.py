@@ -27,6 +27,7 @@ from ttt_bench.layers.base import (
     LayerCost,
     MixerConfig,
     SequenceMixer,
+    autograd_backward_macs,
     check_at_least,
     check_choice,
     check_open_unit,
@@ -158,8 +159,14 @@ class FastWeights(SequenceMixer):
         d = cfg.head_dim
         executed, useful = linear_attention_macs(seq_len, d, d, True, cfg.form, cfg.chunk_size)
         scale = batch * cfg.n_heads
-        projections = self.projections_macs(batch, seq_len)
-        return LayerCost(projections + scale * executed, projections + scale * useful, cfg.n_heads * d * d)
+        forward = self.projections_macs(batch, seq_len) + scale * executed
+        useful = self.projections_macs(batch, seq_len) + scale * useful
+        backward = autograd_backward_macs(forward)
+        if cfg.form == "chunked" and seq_len <= cfg.chunk_size:
+            # One chunk: no backward runs for its K^T V, which only makes the final state (a trace keeps
+            # it, though: it is consumed inside a batched op), and Q S reads the zero initial state.
+            backward -= scale * 3 * cfg.chunk_size * d * d
+        return LayerCost(batch * seq_len, forward, useful, backward, cfg.n_heads * d * d)
 
 
 @dataclass
@@ -200,25 +207,47 @@ class DeltaRule(SequenceMixer):
 
     def cost(self, batch: int, seq_len: int) -> LayerCost:
         cfg = self.config
-        executed, useful = delta_rule_macs(seq_len, cfg.head_dim, cfg.form, cfg.chunk_size)
-        scale = batch * cfg.n_heads
-        projections = self.projections_macs(batch, seq_len) + projection_macs(batch, seq_len, cfg.d_model, cfg.n_heads)
         d = cfg.head_dim
-        return LayerCost(projections + scale * executed, projections + scale * useful, cfg.n_heads * d * d)
+        scale = batch * cfg.n_heads
+        per_head = delta_rule_macs(seq_len, d, cfg.form, cfg.chunk_size)
+        projections = self.projections_macs(batch, seq_len) + projection_macs(batch, seq_len, cfg.d_model, cfg.n_heads)
+        forward = projections + scale * per_head.executed
+        backward = autograd_backward_macs(forward, scale * per_head.final_state) + scale * per_head.backward_extra
+        return LayerCost(
+            batch * seq_len, forward, projections + scale * per_head.useful, backward, cfg.n_heads * d * d,
+            final_state_macs=scale * per_head.final_state,
+        )
 
 
-def delta_rule_macs(seq_len: int, d: int, form: str, chunk_size: int) -> tuple[int, int]:
-    """(executed, useful) MACs per head and sequence (value width e = d). Per token: the state read by
-    the key (W_k S), the write (K^T U) and the read by the query (Q S), d^2 each. Chunked, per chunk:
-    the key Gram K K^T (C^2 d), the unit-triangular solve for [U_v, W_k] (C(C-1)/2 per column, 2d
-    columns), Q K^T (C^2 d) and its product with U (C^2 d)."""
+@dataclass(frozen=True)
+class DeltaRuleMacs:
+    """Per head and sequence (value width e = d)."""
+
+    executed: int
+    useful: int
+    final_state: int  # the last chunk's state write K^T U, which no output reads
+    backward_extra: int  # backward MACs beyond two per product, for the forward work that reaches the output
+
+
+def delta_rule_macs(seq_len: int, d: int, form: str, chunk_size: int) -> DeltaRuleMacs:
+    """Per token: the state read by the key (W_k S), the write (K^T U) and the read by the query (Q S),
+    d^2 each. Chunked, per chunk: the key Gram K K^T (C^2 d), the unit-triangular solve for [U_v, W_k]
+    (C(C-1)/2 per column, 2d columns), Q K^T (C^2 d) and its product with U (C^2 d).
+
+    Backward, beyond two products per product: a solve's backward is a solve with the transposed system
+    (the forward's size) and the product dA = -dB X^T (C^2 per column), C(C+1)/2 per column more than two
+    solves; the first chunk's W_k S (and, with one chunk, Q S) reads the zero initial state, which needs
+    no gradient: one product each."""
     per_token = 3 * d * d
     if form == "recurrent":
-        return seq_len * per_token, seq_len * per_token
+        return DeltaRuleMacs(seq_len * per_token, seq_len * per_token, 0, 0)
     c = chunk_size
     chunks = -(-seq_len // c)
     dense_pairs, useful_pairs = chunk_pairs(seq_len, c)  # pairs s <= t, the diagonal included
     strict_pairs = useful_pairs - seq_len  # pairs s < t: the Gram's strict lower part, the solve
     executed = chunks * (c * per_token + 3 * c * c * d + c * (c - 1) // 2 * 2 * d)
     useful = seq_len * per_token + useful_pairs * 2 * d + strict_pairs * 3 * d
-    return executed, useful
+    backward_extra = chunks * 2 * d * c * (c + 1) // 2 - c * d * d
+    if chunks == 1:
+        backward_extra -= c * d * d  # Q S then reads only the zero initial state
+    return DeltaRuleMacs(executed, useful, c * d * d, backward_extra)

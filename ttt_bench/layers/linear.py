@@ -24,6 +24,7 @@ from ttt_bench.layers.base import (
     LayerCost,
     MixerConfig,
     SequenceMixer,
+    autograd_backward_macs,
     check_at_least,
     check_choice,
     knob,
@@ -124,8 +125,9 @@ class LinearAttention(SequenceMixer):
         e = d + 1 if cfg.normalizer == "sum" else d
         executed, useful = linear_attention_macs(seq_len, d, e, cfg.causal, cfg.form, cfg.chunk_size)
         scale = batch * cfg.n_heads
-        projections = self.projections_macs(batch, seq_len)
-        return LayerCost(projections + scale * executed, projections + scale * useful, cfg.n_heads * d * e)
+        forward = self.projections_macs(batch, seq_len) + scale * executed
+        useful = self.projections_macs(batch, seq_len) + scale * useful
+        return LayerCost(batch * seq_len, forward, useful, autograd_backward_macs(forward), cfg.n_heads * d * e)
 
 
 def linear_attention_macs(seq_len: int, d: int, e: int, causal: bool, form: str, chunk_size: int) -> tuple[int, int]:

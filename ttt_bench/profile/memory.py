@@ -165,3 +165,60 @@ def measure_peak_bytes(fn: Callable[..., Any], *args: Any, budget_bytes: int | N
         if gc_was_enabled:
             gc.enable()
     return tracker.peak_bytes
+
+
+def measure_cuda_peak_bytes(fn: Callable[..., Any], *args: Any, device: str | torch.device = "cuda") -> int:
+    """Peak bytes the CUDA caching allocator handed out during `fn(*args)`, above what was allocated
+    before it (inputs, parameters): `max_memory_allocated` after `reset_peak_memory_stats`. Unlike the
+    tracker it sees kernel workspace; like it, it leaves out the allocator's cached, unused blocks."""
+    device = torch.device(device)
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    fn(*args)
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - before
+
+
+def nvml_device_info(device: str | torch.device = "cuda") -> dict[str, object] | None:
+    """Device-level memory in use (all processes, the CUDA context included) and the driver version,
+    from nvidia-ml-py; None where there is no NVIDIA driver or library (`pynvml.NVMLError`)."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return None
+    try:
+        device = torch.device(device)
+        handle = _nvml_handle(pynvml, device.index if device.index is not None else torch.cuda.current_device())
+        memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+        driver = pynvml.nvmlSystemGetDriverVersion()
+        return {
+            "used_bytes": int(memory.used),
+            "total_bytes": int(memory.total),
+            "driver_version": driver.decode() if isinstance(driver, bytes) else str(driver),
+        }
+    except (pynvml.NVMLError, RuntimeError, AssertionError):  # no such device, or torch without CUDA
+        return None
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except pynvml.NVMLError:
+            pass
+
+
+def _nvml_handle(pynvml, index: int):
+    """NVML's handle of torch's CUDA device `index`. CUDA_VISIBLE_DEVICES renumbers devices for torch
+    but not for NVML, so the device is found by its PCI address where torch reports one."""
+    properties = torch.cuda.get_device_properties(index)
+    address = [getattr(properties, f"pci_{part}_id", None) for part in ("domain", "bus", "device")]
+    if None not in address:
+        domain, bus, slot = address
+        try:
+            return pynvml.nvmlDeviceGetHandleByPciBusId(f"{domain:08X}:{bus:02X}:{slot:02X}.0")
+        except pynvml.NVMLError:
+            pass
+    return pynvml.nvmlDeviceGetHandleByIndex(index)

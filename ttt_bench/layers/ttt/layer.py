@@ -24,6 +24,7 @@ from ttt_bench.layers.base import (
     LayerCost,
     MixerConfig,
     SequenceMixer,
+    autograd_backward_macs,
     check_at_least,
     check_choice,
     check_positive,
@@ -204,13 +205,15 @@ class TTTLayer(SequenceMixer):
     def cost(self, batch: int, seq_len: int) -> LayerCost:
         cfg = self.config
         heads, d, d_model = cfg.n_heads, cfg.head_dim, cfg.d_model
+        tokens, sequences = batch * seq_len, batch * heads  # sequences: one inner loop per (sequence, head)
         n_views = 2 if cfg.reconstruction == "input" else 3
         macs = projection_macs(batch, seq_len, d_model, (n_views + 1) * d_model)
         if self.to_lr is not None:
             macs += projection_macs(batch, seq_len, d_model, heads)
         if cfg.learner == "kernel":
             executed, useful = attention.attention_macs(batch, heads, seq_len, d, cfg.causal)
-            return LayerCost(macs + executed, macs + useful, None)
+            backward = autograd_backward_macs(macs) + attention.attention_backward_macs(batch, heads, seq_len, d, "sdpa")
+            return LayerCost(tokens, macs + executed, macs + useful, backward, None)
 
         widths = learners.layer_widths(cfg.learner, d)
         # The fast forms carry each bias as a row of an augmented weight acting on [x, 1], so that row
@@ -221,13 +224,16 @@ class TTTLayer(SequenceMixer):
         decoder_macs = 2 * d * d_model if cfg.reconstruction == "input" else 0  # decode, and its backward
         # Per training token: forward, backward to each layer, and the weight update X^T G.
         train_token = dense_macs + backprop_macs + decoder_macs + dense_macs
-        tokens = batch * heads * seq_len
+        lanes = batch * heads * seq_len  # token positions over all (sequence, head) inner loops
+        final_state = 0
         if not cfg.causal:
-            trained_tokens = tokens if cfg.inner_sgd else cfg.inner_steps * tokens  # SGD: each token once
-            executed = useful = trained_tokens * train_token + tokens * dense_macs
+            trained = lanes if cfg.inner_sgd else cfg.inner_steps * lanes  # SGD: each token once
+            executed = useful = trained * train_token + lanes * dense_macs
+            first_step_tokens = -(-seq_len // cfg.inner_steps) if cfg.inner_sgd else seq_len
         elif cfg.form == "primal":
             # Each token also reads its own materialised weights at q.
-            executed = useful = tokens * (train_token + dense_macs)
+            executed = useful = lanes * (train_token + dense_macs)
+            first_step_tokens = min(cfg.mini_batch, seq_len)
         else:
             # Per mini-batch of length b: X~ X^T (b x b x d_in) and (eta~ * .) G (b x b x d_out) per layer.
             per_pair = sum(d_in + d_out for d_in, d_out in aug)
@@ -235,8 +241,30 @@ class TTTLayer(SequenceMixer):
             full, rest = divmod(seq_len, b)
             square = full * b * b + rest * rest
             triangle = full * b * (b + 1) // 2 + rest * (rest + 1) // 2
-            base = tokens * (train_token + dense_macs)
-            executed = base + batch * heads * square * per_pair
-            useful = base + batch * heads * triangle * per_pair
+            base = lanes * (train_token + dense_macs)
+            executed = base + sequences * square * per_pair
+            useful = base + sequences * triangle * per_pair
+            first_step_tokens = min(b, seq_len)
+        forward = macs + executed
+        if self._uses_linear_scan():
+            # The hand-written backward (linear_scan.py) recomputes Z = K W per mini-batch for LayerNorm.
+            backward = autograd_backward_macs(forward) + (lanes * dense_macs if cfg.ln_residual else 0)
+        else:
+            if cfg.causal and cfg.form == "dual":
+                # The last mini-batch's update X^T G only makes the final weights, which no output reads.
+                final_state = sequences * (seq_len % cfg.mini_batch or min(cfg.mini_batch, seq_len)) * dense_macs
+            backward = autograd_backward_macs(forward, final_state)
+            if not cfg.learn_w0:
+                # The first inner step's forward and backprop products read the fixed W0: one product each;
+                # so do the dual readouts of a first run of one mini-batch, which all start at W0.
+                fixed_reads = dense_macs + backprop_macs
+                if cfg.causal and cfg.form == "dual" and seq_len < 2 * cfg.mini_batch:
+                    fixed_reads += dense_macs
+                backward -= sequences * first_step_tokens * fixed_reads
         state = heads * sum(a * b + (b if cfg.inner_bias else 0) for a, b in widths)
-        return LayerCost(macs + executed, macs + useful, state)
+        return LayerCost(tokens, forward, macs + useful, backward, state, final_state_macs=final_state)
+
+    def _uses_linear_scan(self) -> bool:
+        """The causal dual form of a linear learner with the views loss runs linear_scan.py (inner_loop.causal_dual)."""
+        cfg = self.config
+        return cfg.causal and cfg.form == "dual" and cfg.learner == "linear" and cfg.reconstruction == "views"

@@ -33,11 +33,16 @@ def layer_norm_l2_grad(z: torch.Tensor, weight_sq: torch.Tensor, prepared: torch
 
     LayerNorm's own backward op does the chain rule through the normalisation in one call; it is
     differentiable again (the outer loop needs that), and mean and 1/std enter it detached because its
-    double backward recomputes their dependence on z itself.
+    double backward recomputes their dependence on z itself. `torch.jit.trace` cannot record that op
+    (its output mask is an argument type the tracer lacks), so a trace takes the same gradient in
+    closed form, r (A - mean(A) - N mean(A N)) with N = LN(z), r = 1/std(z), A = N w^2 + prepared.
     """
     shape = z.shape[-1:]
     normed, mean, inv_std = torch.native_layer_norm(z, shape, None, None, LN_EPS)
     grad_normed = torch.addcmul(prepared, normed, weight_sq)  # (LN(z) w + b - t) w
+    if torch.jit.is_tracing():
+        centred = grad_normed - grad_normed.mean(-1, keepdim=True)
+        return (centred - normed * (grad_normed * normed).mean(-1, keepdim=True)) * inv_std
     return torch.ops.aten.native_layer_norm_backward(
         grad_normed, z, shape, mean.detach(), inv_std.detach(), None, None, [True, False, False]
     )[0]

@@ -1,0 +1,227 @@
+"""Everything measured about one layer at one size, as one row: FLOPs counted three ways, memory and
+wall-clock, forward and forward+backward. A cell that fails is a row with its status, never an exception.
+
+Forward+backward: forward, a loss that is the output times a fixed random projection (so every output
+element carries a distinct gradient), backward into the input and the parameters. Forward: the same
+forward with autograd recording, as in training, so its peak holds what backward will need.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from ttt_bench import layers
+from ttt_bench.layers.base import LayerCost
+from ttt_bench.profile.flops import count_with_flop_counter, count_with_fvcore
+from ttt_bench.profile.memory import measure_cuda_peak_bytes, measure_peak_bytes, nvml_device_info
+from ttt_bench.profile.timing import Timing, time_callable
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# Every column measure_cell can fill, in order; a column a cell did not reach is left empty (NaN).
+ROW_COLUMNS = [
+    "layer", "seq_len", "batch", "d_model", "n_heads", "head_dim", "dtype", "device", "status", "message",
+    "fwd_macs", "fwd_flops", "fwd_useful_macs", "fwd_useful_flops", "fwd_bwd_macs", "fwd_bwd_flops",
+    "fwd_macs_per_token", "fwd_bwd_macs_per_token", "final_state_macs", "state_numel",
+    "fwd_macs_fvcore", "fwd_macs_flop_counter", "fwd_bwd_macs_flop_counter", "uncounted_ops",
+    "fwd_peak_bytes", "fwd_bwd_peak_bytes", "fwd_cuda_peak_bytes", "fwd_bwd_cuda_peak_bytes", "nvml_used_bytes",
+    *(f"{p}_{column}" for p in ("fwd_bwd", "fwd")
+      for column in ("ms", "p20_ms", "p80_ms", "repeats", "tokens_per_s", "tflops_per_s")),
+]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One configuration to measure."""
+
+    layer: str  # a registered layer name
+    seq_len: int  # N
+    batch: int = 1  # B
+    d_model: int = 256  # D
+    n_heads: int = 4  # H
+    dtype: str = "float32"  # a key of DTYPES
+    device: str = "cpu"  # 'cpu', 'cuda' or 'cuda:<i>'
+    overrides: dict[str, Any] = field(default_factory=dict)  # layer knobs on top of the variant's
+
+    def config_columns(self) -> dict[str, object]:
+        return {
+            "layer": self.layer, "seq_len": self.seq_len, "batch": self.batch, "d_model": self.d_model,
+            "n_heads": self.n_heads, "head_dim": self.d_model // self.n_heads, "dtype": self.dtype,
+            "device": self.device,
+        }
+
+
+@dataclass(frozen=True)
+class TimingBudget:
+    """How long each timing of a cell may run: a probe call decides how many repeats a slow cell gets."""
+
+    min_total_s: float
+    min_repeats: int
+    slow_call_s: float  # a probe call longer than this gets `slow_min_repeats` repeats
+    slow_min_repeats: int
+    max_repeats: int = 50
+
+    def repeats_for(self, probe_s: float) -> int:
+        return self.slow_min_repeats if probe_s > self.slow_call_s else self.min_repeats
+
+
+FULL_BUDGET = TimingBudget(min_total_s=0.5, min_repeats=5, slow_call_s=1.0, slow_min_repeats=3)
+QUICK_BUDGET = TimingBudget(min_total_s=0.2, min_repeats=3, slow_call_s=0.5, slow_min_repeats=2)
+
+
+def measure_cell(
+    cell: Cell,
+    budget: TimingBudget = FULL_BUDGET,
+    *,
+    memory_budget_bytes: int | None = None,
+    count_flops: bool = True,
+    skip_reason: str | None = None,
+) -> dict[str, object]:
+    """One row for `cell`. Order: analytic cost, tracked memory (a budget overrun ends the cell early as
+    'oom'), the counted FLOPs (`count_flops`; fvcore traces a token loop slowly), CUDA memory, timings.
+
+    With `memory_budget_bytes` the tracker raises torch.OutOfMemoryError above it on any device; on CUDA
+    the allocator is also capped there for the cell (`set_per_process_memory_fraction`), then restored.
+    `skip_reason` records the cell as 'skipped' with its analytic cost only.
+    """
+    row: dict[str, object] = {**cell.config_columns(), "status": "ok", "message": ""}
+    device = torch.device(cell.device)
+    capped = False
+    try:
+        dtype = _dtype(cell.dtype)
+        torch.manual_seed(0)
+        layer = layers.build(cell.layer, d_model=cell.d_model, n_heads=cell.n_heads, **cell.overrides)
+        row.update(analytic_columns(layer.cost(cell.batch, cell.seq_len)))
+        if skip_reason is not None:
+            row.update(status="skipped", message=skip_reason)
+            return row
+        layer = layer.to(device=device, dtype=dtype)
+        if device.type == "cuda" and memory_budget_bytes is not None:
+            total = torch.cuda.get_device_properties(device).total_memory
+            torch.cuda.set_per_process_memory_fraction(min(1.0, memory_budget_bytes / total), device)
+            capped = True
+
+        # Inputs are built here, outside every timed region: x [B, N, D] and the loss projection.
+        x = torch.randn(cell.batch, cell.seq_len, cell.d_model, device=device, dtype=dtype, requires_grad=True)
+        projection = torch.randn_like(x, requires_grad=False)
+        calls = {"fwd": lambda: layer(x), "fwd_bwd": lambda: (layer(x) * projection).sum().backward()}
+
+        def zero_grads() -> None:
+            x.grad = None
+            layer.zero_grad(set_to_none=True)
+
+        for name, call in calls.items():
+            zero_grads()
+            row[f"{name}_peak_bytes"] = measure_peak_bytes(call, budget_bytes=memory_budget_bytes)
+        if count_flops:
+            row.update(counted_columns(layer, x, calls))
+        if device.type == "cuda":
+            for name, call in calls.items():
+                zero_grads()
+                row[f"{name}_cuda_peak_bytes"] = measure_cuda_peak_bytes(call, device=device)
+        tokens = cell.batch * cell.seq_len
+        for name in ("fwd_bwd", "fwd"):
+            timing = timed_with_probe(calls[name], zero_grads, budget, device)
+            row.update(timing_columns(name, timing, tokens, row[f"{name}_flops"]))
+        if device.type == "cuda":
+            nvml = nvml_device_info(device)
+            row["nvml_used_bytes"] = nvml["used_bytes"] if nvml else None
+    except Exception as error:  # a cell's failure is a result, not the end of the sweep
+        row.update(status="oom" if is_out_of_memory(error) else "error", message=first_line(error))
+    finally:
+        if capped:
+            torch.cuda.set_per_process_memory_fraction(1.0, device)
+    release_memory(device)
+    return row
+
+
+def analytic_columns(cost: LayerCost) -> dict[str, object]:
+    """The layer's own formula: executed (dense) and useful (causal half) work, MACs and FLOPs named apart."""
+    return {
+        "fwd_macs": cost.forward_macs,
+        "fwd_flops": cost.forward_flops,
+        "fwd_useful_macs": cost.useful_forward_macs,
+        "fwd_useful_flops": cost.useful_forward_flops,
+        "fwd_bwd_macs": cost.forward_backward_macs,
+        "fwd_bwd_flops": cost.forward_backward_flops,
+        "fwd_macs_per_token": cost.forward_macs_per_token,
+        "fwd_bwd_macs_per_token": cost.forward_backward_macs_per_token,
+        "final_state_macs": cost.final_state_macs,
+        "state_numel": cost.state_numel,
+    }
+
+
+def counted_columns(layer: torch.nn.Module, x: torch.Tensor, calls: dict[str, Callable[[], Any]]) -> dict[str, object]:
+    """fvcore (forward) and FlopCounterMode (both passes); ops either met without a rule, by name."""
+    counts = {
+        "fwd_macs_fvcore": count_with_fvcore(layer, x),
+        "fwd_macs_flop_counter": count_with_flop_counter(calls["fwd"]),
+        "fwd_bwd_macs_flop_counter": count_with_flop_counter(calls["fwd_bwd"]),
+    }
+    layer.zero_grad(set_to_none=True)
+    x.grad = None
+    uncounted = sorted({f"{c.counter}:{op}" for c in counts.values() for op in c.uncounted_ops})
+    return {**{column: count.macs for column, count in counts.items()}, "uncounted_ops": ";".join(uncounted)}
+
+
+def timing_columns(name: str, timing: Timing, tokens: int, flops: int) -> dict[str, float]:
+    seconds = timing.median_ms / 1000.0
+    return {
+        f"{name}_ms": timing.median_ms,
+        f"{name}_p20_ms": timing.p20_ms,
+        f"{name}_p80_ms": timing.p80_ms,
+        f"{name}_repeats": timing.repeats,
+        f"{name}_tokens_per_s": tokens / seconds,
+        f"{name}_tflops_per_s": flops / seconds / 1e12,  # achieved, from the analytic (dense) FLOPs
+    }
+
+
+def timed_with_probe(
+    fn: Callable[[], object], setup: Callable[[], object], budget: TimingBudget, device: torch.device
+) -> Timing:
+    """One untimed probe call (the warm-up) decides the repeats, so a slow cell gets few of them."""
+    setup()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    repeats = budget.repeats_for(time.perf_counter() - start)
+    return time_callable(
+        fn, setup=setup, warmup=0, min_total_s=budget.min_total_s, min_repeats=repeats,
+        max_repeats=max(repeats, budget.max_repeats), device=device,
+    )
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    # The CPU allocator reports exhaustion as a plain RuntimeError.
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    lines = str(error).strip().splitlines()
+    text = f"{type(error).__name__}: {lines[0] if lines else ''}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def release_memory(device: torch.device) -> None:
+    """Free what a cell (or its failure's traceback cycles) held, so the next cell starts clean."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+
+
+def _dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ValueError(f"dtype={name!r} is not supported; choose one of {sorted(DTYPES)}")
+    return DTYPES[name]
