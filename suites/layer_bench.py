@@ -258,7 +258,8 @@ def render_markdown(
     return "\n\n".join(
         [
             "# Layer benchmark",
-            f"{frame.dtype.iloc[0]} on {frame.device.iloc[0]}, {threads} CPU threads; batch {shape.batch}, {shape.n_heads} heads x head dim "
+            f"{frame.dtype.iloc[0]} on {frame.device.iloc[0]}, {threads} CPU threads; "
+            f"batch {shape.batch}, {shape.n_heads} heads x head dim "
             f"{shape.head_dim} (d_model {shape.d_model}); torch {torch.__version__}, {platform.platform()}.",
             "Forward+backward: forward, loss = sum of the output times a fixed random projection, backward into "
             "the input and the parameters (gradients zeroed outside the timed region). Forward: the same forward "
@@ -358,7 +359,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     except RuntimeError:
         parser.error(f"--device={args.device!r} is not a device; use 'cpu' or 'cuda[:i]'")
     if device.type not in ("cpu", "cuda") or (device.type == "cuda" and not torch.cuda.is_available()):
-        parser.error(f"--device={args.device!r} is not available here; use 'cpu'" + (" or 'cuda[:i]'" if torch.cuda.is_available() else ""))
+        parser.error(f"--device={args.device!r} is not available here; use 'cpu' or a CUDA device torch can see")
     if args.memory_budget_gib is not None:
         args.memory_budget_bytes = int(args.memory_budget_gib * 2**30)
     elif device.type == "cuda":

@@ -38,9 +38,10 @@ _NOT_MATMUL_UNTAGGED = frozenset({
     "new_empty", "new_empty_strided", "new_zeros", "new_ones", "new_full", "arange", "eye", "scalar_tensor",
     "randperm", "lift_fresh", "detach", "fill", "zero",
     # data movement and views
-    "cat", "stack", "flip", "roll", "constant_pad_nd", "pad", "copy_", "clone", "contiguous", "_unsafe_view", "to", "_to_copy",
-    "select_backward", "slice_backward", "index_select", "index", "index_add", "index_put", "gather", "scatter", "unflatten", "flatten", "chunk",
-    "split", "split_with_sizes", "unbind", "reshape", "view", "expand", "expand_as", "transpose", "permute",
+    "cat", "stack", "flip", "roll", "constant_pad_nd", "pad", "copy_", "clone", "contiguous", "_unsafe_view",
+    "to", "_to_copy", "select_backward", "slice_backward", "index_select", "index", "index_add", "index_put",
+    "gather", "scatter", "unflatten", "flatten", "chunk", "split", "split_with_sizes", "unbind", "reshape",
+    "view", "expand", "expand_as", "transpose", "permute",
     "t", "select", "slice", "squeeze", "unsqueeze", "narrow", "tensor_split", "unsafe_split", "alias",
     # masking and running sums
     "tril", "triu", "masked_fill", "cumsum",
