@@ -74,11 +74,12 @@ def run_sweep(
     budget: TimingBudget,
     memory_budget_bytes: int | None,
     count_flops_max_seq_len: int,
+    env: dict[str, object],
     device: str = "cpu",
     dtype: str = "float32",
 ) -> pd.DataFrame:
+    """The sweep's rows, each with `env` (the environment, taken once) as plain columns."""
     torch.set_num_threads(threads)
-    env = environment(device)
     rows = []
     cells = [(name, n) for name in names for n in seq_lens]
     for index, (name, seq_len) in enumerate(cells, start=1):
@@ -375,9 +376,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     shape = Shape(batch=args.batch, n_heads=args.heads, head_dim=args.head_dim)
     budget = QUICK_BUDGET if args.quick else FULL_BUDGET
+    torch.set_num_threads(args.threads)
+    env = environment(args.device)
     frame = run_sweep(
         args.layer_names, args.seq_lens, shape, args.threads, budget, args.memory_budget_bytes,
-        args.count_flops_max_seq_len, args.device, args.dtype,
+        args.count_flops_max_seq_len, env, args.device, args.dtype,
     )
     exponents = fit_exponents(frame)
     targets = evaluate_targets(frame, exponents)
@@ -385,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     frame.to_csv(args.out / "layer_bench.csv", index=False)
-    (args.out / "env.json").write_text(json.dumps(environment(args.device), indent=2) + "\n")
+    (args.out / "env.json").write_text(json.dumps(env, indent=2) + "\n")
     (args.out / "layer_bench.md").write_text(markdown)
     print(markdown)
     return 0

@@ -201,6 +201,8 @@ def count_with_fvcore(module: torch.nn.Module, *inputs: torch.Tensor) -> OpCount
         return counts
 
     def analysis_with(handles):
+        from fvcore.nn import FlopCountAnalysis  # here: importing fvcore.nn warns, and only counting needs it
+
         analysis = FlopCountAnalysis(module, inputs).clear_op_handles().set_op_handle(**handles)
         # fvcore skips a fixed list of ops (relu, masked_fill, copy_, ...) without a word; emptied so
         # that every op is classified by op_policy and shows up in the result.
@@ -211,8 +213,6 @@ def count_with_fvcore(module: torch.nn.Module, *inputs: torch.Tensor) -> OpCount
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer and deprecation chatter; what matters is in the result
-        from fvcore.nn import FlopCountAnalysis
-
         analysis = analysis_with(rules)
         unsupported = Counter(analysis.unsupported_ops())
         functions = [kind for kind in unsupported if kind.startswith("prim::PythonOp.")]

@@ -163,8 +163,6 @@ def counted_columns(layer: torch.nn.Module, x: torch.Tensor, calls: dict[str, Ca
         "fwd_macs_flop_counter": count_with_flop_counter(calls["fwd"]),
         "fwd_bwd_macs_flop_counter": count_with_flop_counter(calls["fwd_bwd"]),
     }
-    layer.zero_grad(set_to_none=True)
-    x.grad = None
     uncounted = sorted({f"{c.counter}:{op}" for c in counts.values() for op in c.uncounted_ops})
     return {**{column: count.macs for column, count in counts.items()}, "uncounted_ops": ";".join(uncounted)}
 
