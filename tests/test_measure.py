@@ -35,7 +35,7 @@ def test_a_row_holds_every_measurement():
 
 
 def test_causal_attention_reports_dense_and_useful_work():
-    row = measure_cell(Cell("attention-sdpa-causal", 64, **TINY), FAST, count_flops=False)
+    row = measure_cell(Cell("attention-sdpa-causal", 64, **TINY), FAST, metrics=("memory", "time"))
     projections = 64 * 16 * 64  # q, k, v, o: N * D * 4D
     dense = 2 * 2 * 64 * 64 * 8  # Q K^T and P V over 2 heads, d = 8
     useful = 2 * 2 * (64 * 65 // 2) * 8
@@ -59,14 +59,14 @@ def test_out_of_memory_is_a_status_and_the_next_measurement_is_clean():
         import json, torch
         torch.set_num_threads(2)
         from ttt_bench.profile.measure import Cell, QUICK_BUDGET, measure_cell
-        row = measure_cell(Cell("ttt-mlp", 48, d_model=16, n_heads=2), QUICK_BUDGET, count_flops=False)
+        row = measure_cell(Cell("ttt-mlp", 48, d_model=16, n_heads=2), QUICK_BUDGET, metrics=("memory", "time"))
         print(json.dumps([row["fwd_peak_bytes"], row["fwd_bwd_peak_bytes"]]))
         """
     )
     fresh = json.loads(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout)
 
     oom = measure_cell(Cell("attention-naive", 512, **TINY), FAST, memory_budget_bytes=2**20)
-    after = measure_cell(reference_cell, FAST, count_flops=False)
+    after = measure_cell(reference_cell, FAST, metrics=("memory", "time"))
 
     assert oom["status"] == "oom" and "budget" in oom["message"]
     assert [after["fwd_peak_bytes"], after["fwd_bwd_peak_bytes"]] == fresh
@@ -112,9 +112,11 @@ def test_cuda_cell_measures_allocator_and_device_memory():
 @pytest.mark.gpu
 def test_cuda_out_of_memory_is_a_status_and_leaves_the_allocator_clean():
     before = torch.cuda.memory_allocated()
-    oom = measure_cell(Cell("attention-naive", 32768, device="cuda"), FAST, memory_budget_bytes=2**30, count_flops=False)
+    oom = measure_cell(
+        Cell("attention-naive", 32768, device="cuda"), FAST, memory_budget_bytes=2**30, metrics=("memory", "time")
+    )
     assert oom["status"] == "oom"
     assert torch.cuda.memory_allocated() == before
-    first = measure_cell(Cell("linear-attention-causal", 4096, device="cuda"), FAST, count_flops=False)
-    second = measure_cell(Cell("linear-attention-causal", 4096, device="cuda"), FAST, count_flops=False)
+    first = measure_cell(Cell("linear-attention-causal", 4096, device="cuda"), FAST, metrics=("memory", "time"))
+    second = measure_cell(Cell("linear-attention-causal", 4096, device="cuda"), FAST, metrics=("memory", "time"))
     assert first["fwd_bwd_cuda_peak_bytes"] == second["fwd_bwd_cuda_peak_bytes"]

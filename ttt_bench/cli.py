@@ -1,15 +1,21 @@
-"""`ttt-bench` command line. User errors print one line without a traceback and exit 2."""
+"""`ttt-bench` command line: run a suite, find the out-of-memory frontier, list layers and suites.
+
+User errors (a bad suite file, an unknown layer, a locked results folder) print one line without a
+traceback and exit 2, having written nothing.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ttt_bench.errors import ConfigError, UnknownLayerError
 
 
-def _list_layers(args: argparse.Namespace) -> None:
+def _list(args: argparse.Namespace) -> None:
     from ttt_bench import layers
+    from ttt_bench.suite import load_suite, shipped_suites
 
     selected = args.layers or layers.names()
     for name in selected:
@@ -19,15 +25,129 @@ def _list_layers(args: argparse.Namespace) -> None:
         if args.knobs:
             for knob in layers.knobs(name):
                 print(f"    {knob.name} = {knob.default!r}  # {knob.doc}")
+    if args.layers:
+        return
+    print("\nsuites:")
+    for path in shipped_suites():
+        try:
+            suite = load_suite(path)
+            size = f"{len(suite.cells())} cells" if suite.grid["seq_len"] is not None else "OOM frontier"
+            print(f"  {path.stem:20} {size:>14}  {suite.description}")
+        except ConfigError as error:
+            print(f"  {path.stem:20} {'invalid':>14}  {error}")
+
+
+def _run(args: argparse.Namespace) -> None:
+    from ttt_bench.results import ResultStore
+    from ttt_bench.runner import run_suite
+    from ttt_bench.suite import load_suite, resolve_suite_path
+
+    suite = load_suite(resolve_suite_path(args.suite))
+    out = args.out or Path("results") / suite.name
+    if args.dry_run:
+        _print_plan(suite, ResultStore(out), args.retry_failed)
+        return
+    summary = run_suite(
+        suite, out, retry_failed=args.retry_failed, executor=_executor(args), show_progress=not args.quiet
+    )
+    counts = ", ".join(f"{count} {status}" for status, count in sorted(summary.statuses.items())) or "nothing to run"
+    print(f"{suite.name}: {summary.total} cells, {summary.already_done} already done, ran {summary.ran} "
+          f"({counts}); results in {out}/ (ttt_bench.results.load_results)")
+
+
+def _print_plan(suite, store, retry_failed: bool) -> None:
+    from ttt_bench.runner import needs_run
+
+    statuses = store.statuses()
+    cells = suite.cells()
+    to_run = 0
+    for cell in cells:
+        done = statuses.get(cell.config_hash)
+        runs = needs_run(cell, done, retry_failed)
+        to_run += runs
+        state = "run" if runs else f"done ({done})"
+        skip = f"  skipped: {cell.skip_reason}" if cell.skip_reason else ""
+        print(f"{cell.config_hash}  {state:16} {cell.describe()}{skip}")
+    print(f"{len(cells)} cells, {to_run} to run", file=sys.stderr)
+
+
+def _executor(args: argparse.Namespace):
+    if args.executor == "local":
+        return None
+    from ttt_bench.slurm import SubmititExecutor
+
+    return SubmititExecutor(
+        cluster="slurm" if args.executor == "slurm" else "local", partition=args.partition,
+        gpus_per_task=args.gpus_per_task, cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb,
+        time_limit_min=args.time_limit, cells_per_job=args.cells_per_job,
+    )
+
+
+def _oom(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from ttt_bench.oom import frontier_table
+    from ttt_bench.suite import DEVICE_PATTERN, load_suite, resolve_suite_path
+
+    suite = load_suite(resolve_suite_path(args.suite))
+    if args.budget_gib is not None:
+        suite = dataclasses.replace(suite, oom=dataclasses.replace(suite.oom, budget_gib=args.budget_gib))
+    if args.device is not None:
+        if not DEVICE_PATTERN.fullmatch(args.device):
+            raise ConfigError(f"--device {args.device!r} is not allowed; use 'cpu', 'cuda' or 'cuda:<index>'")
+        suite = dataclasses.replace(suite, grid={**suite.grid, "device": [args.device]})
+    out = args.out or Path("results") / suite.name
+    table = frontier_table(suite, out, show_progress=not args.quiet)
+    columns = ["variant", "status", "max_seq_len", "first_failing_seq_len", "peak_bytes_at_max", "budget_bytes",
+               "predicted_max_seq_len", *[c for c in table.columns if c.startswith("predicted_max_seq_len_at_")]]
+    shown = table[columns]
+    print(shown.to_string(index=False, float_format=lambda v: f"{v:,.0f}"))
+    print(f"\nfrontier table: {out}/oom_frontier.csv; probes: {out}/cells/")
+
+
+def _positive(kind):
+    def parse(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r}: it must be > 0")
+        return value
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ttt-bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="ttt-bench", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    ls = commands.add_parser("ls", help="list the registered layers (and with --knobs, their settings)")
-    ls.add_argument("layers", nargs="*", help="layer names (default: all)")
+
+    ls = commands.add_parser("ls", help="list the registered layers and the shipped suites")
+    ls.add_argument("layers", nargs="*", help="layer names (default: all, and the suites)")
     ls.add_argument("--knobs", action="store_true", help="show each layer's knobs, defaults and docs")
-    ls.set_defaults(handler=_list_layers)
+    ls.set_defaults(handler=_list)
+
+    run = commands.add_parser("run", help="run a suite's cells into a results folder (resumable)")
+    run.add_argument("suite", help="a suite file, or the name of a shipped suite (see `ttt-bench ls`)")
+    run.add_argument("--out", type=Path, help="results folder (default results/<suite name>)")
+    run.add_argument("--retry-failed", action="store_true", help="also rerun cells that ended in error, oom or timeout")
+    run.add_argument("--dry-run", action="store_true", help="list the cells and what a run would do; run nothing")
+    run.add_argument("--quiet", action="store_true", help="no progress display")
+    run.add_argument("--executor", choices=("local", "slurm", "submitit-local"), default="local",
+                     help="where cells run: worker processes here (default), Slurm jobs through submitit, or "
+                          "submitit's local executor (subprocesses here, the cluster path)")
+    cluster = run.add_argument_group("cluster options (--executor slurm or submitit-local)")
+    cluster.add_argument("--partition", help="Slurm partition")
+    cluster.add_argument("--gpus-per-task", type=int, default=0, help="GPUs per job (default 0)")
+    cluster.add_argument("--cpus-per-task", type=_positive(int), help="CPU cores per job")
+    cluster.add_argument("--mem-gb", type=_positive(float), help="memory per job in GB")
+    cluster.add_argument("--time-limit", type=_positive(int), default=60, help="minutes per job (default 60)")
+    cluster.add_argument("--cells-per-job", type=_positive(int), default=8, help="cells per job (default 8)")
+    run.set_defaults(handler=_run)
+
+    oom = commands.add_parser("oom", help="find each layer's largest N under a memory budget")
+    oom.add_argument("suite", help="a suite file or shipped suite name; its [oom] table sets the search")
+    oom.add_argument("--out", type=Path, help="results folder (default results/<suite name>)")
+    oom.add_argument("--budget-gib", type=_positive(float), help="memory budget in GiB (overrides [oom].budget_gib)")
+    oom.add_argument("--device", help="search on this device ('cpu', 'cuda', 'cuda:<i>') instead of grid.device")
+    oom.add_argument("--quiet", action="store_true", help="no progress display")
+    oom.set_defaults(handler=_oom)
     return parser
 
 
@@ -38,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, UnknownLayerError) as err:
         print(f"ttt-bench: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("ttt-bench: interrupted; finished cells are kept, rerun the same command to go on", file=sys.stderr)
+        return 130
     return 0
 
 

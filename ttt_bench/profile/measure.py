@@ -25,7 +25,7 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.
 
 # Every column measure_cell can fill, in order; a column a cell did not reach is left empty (NaN).
 ROW_COLUMNS = [
-    "layer", "seq_len", "batch", "d_model", "n_heads", "head_dim", "dtype", "device", "status", "message",
+    "layer", "seq_len", "batch", "d_model", "n_heads", "head_dim", "dtype", "device", "seed", "status", "message",
     "fwd_macs", "fwd_flops", "fwd_useful_macs", "fwd_useful_flops", "fwd_bwd_macs", "fwd_bwd_flops",
     "fwd_macs_per_token", "fwd_bwd_macs_per_token", "final_state_macs", "state_numel",
     "fwd_macs_fvcore", "fwd_macs_flop_counter", "fwd_bwd_macs_flop_counter", "uncounted_ops",
@@ -47,12 +47,13 @@ class Cell:
     dtype: str = "float32"  # a key of DTYPES
     device: str = "cpu"  # 'cpu', 'cuda' or 'cuda:<i>'
     overrides: dict[str, Any] = field(default_factory=dict)  # layer knobs on top of the variant's
+    seed: int = 0  # seeds the layer's initial weights and the inputs
 
     def config_columns(self) -> dict[str, object]:
         return {
             "layer": self.layer, "seq_len": self.seq_len, "batch": self.batch, "d_model": self.d_model,
             "n_heads": self.n_heads, "head_dim": self.d_model // self.n_heads, "dtype": self.dtype,
-            "device": self.device,
+            "device": self.device, "seed": self.seed,
         }
 
 
@@ -70,6 +71,9 @@ class TimingBudget:
         return self.slow_min_repeats if probe_s > self.slow_call_s else self.min_repeats
 
 
+METRICS = ("flops", "memory", "time")  # what measure_cell can collect; the analytic cost is always there
+PASSES = ("fwd_bwd", "fwd")  # forward+backward (training) and forward with autograd recording
+
 FULL_BUDGET = TimingBudget(min_total_s=0.5, min_repeats=5, slow_call_s=1.0, slow_min_repeats=3)
 QUICK_BUDGET = TimingBudget(min_total_s=0.2, min_repeats=3, slow_call_s=0.5, slow_min_repeats=2)
 
@@ -79,22 +83,26 @@ def measure_cell(
     budget: TimingBudget = FULL_BUDGET,
     *,
     memory_budget_bytes: int | None = None,
-    count_flops: bool = True,
+    metrics: tuple[str, ...] = METRICS,
+    passes: tuple[str, ...] = PASSES,
     skip_reason: str | None = None,
 ) -> dict[str, object]:
     """One row for `cell`. Order: analytic cost, tracked memory (a budget overrun ends the cell early as
-    'oom'), the counted FLOPs (`count_flops`; fvcore traces a token loop slowly), CUDA memory, timings.
+    'oom'), the counted FLOPs (fvcore traces a token loop slowly), CUDA memory, timings; of these, the
+    `metrics` asked for, for the `passes` asked for (the counted FLOPs always take both passes).
 
     With `memory_budget_bytes` the tracker raises torch.OutOfMemoryError above it on any device; on CUDA
     the allocator is also capped there for the cell (`set_per_process_memory_fraction`), then restored.
     `skip_reason` records the cell as 'skipped' with its analytic cost only.
     """
     row: dict[str, object] = {**cell.config_columns(), "status": "ok", "message": ""}
-    device = torch.device(cell.device)
     capped = False
     try:
+        _check_subset("metrics", metrics, METRICS)
+        _check_subset("passes", passes, PASSES)
+        device = torch.device(cell.device)
         dtype = _dtype(cell.dtype)
-        torch.manual_seed(0)
+        torch.manual_seed(cell.seed)
         layer = layers.build(cell.layer, d_model=cell.d_model, n_heads=cell.n_heads, **cell.overrides)
         row.update(analytic_columns(layer.cost(cell.batch, cell.seq_len)))
         if skip_reason is not None:
@@ -115,19 +123,21 @@ def measure_cell(
             x.grad = None
             layer.zero_grad(set_to_none=True)
 
-        for name, call in calls.items():
-            zero_grads()
-            row[f"{name}_peak_bytes"] = measure_peak_bytes(call, budget_bytes=memory_budget_bytes)
-        if count_flops:
-            row.update(counted_columns(layer, x, calls))
-        if device.type == "cuda":
-            for name, call in calls.items():
+        if "memory" in metrics:
+            for name in passes:
                 zero_grads()
-                row[f"{name}_cuda_peak_bytes"] = measure_cuda_peak_bytes(call, device=device)
-        tokens = cell.batch * cell.seq_len
-        for name in ("fwd_bwd", "fwd"):
-            timing = timed_with_probe(calls[name], zero_grads, budget, device)
-            row.update(timing_columns(name, timing, tokens, row[f"{name}_flops"]))
+                row[f"{name}_peak_bytes"] = measure_peak_bytes(calls[name], budget_bytes=memory_budget_bytes)
+        if "flops" in metrics:
+            row.update(counted_columns(layer, x, calls))
+        if "memory" in metrics and device.type == "cuda":
+            for name in passes:
+                zero_grads()
+                row[f"{name}_cuda_peak_bytes"] = measure_cuda_peak_bytes(calls[name], device=device)
+        if "time" in metrics:
+            tokens = cell.batch * cell.seq_len
+            for name in passes:
+                timing = timed_with_probe(calls[name], zero_grads, budget, device)
+                row.update(timing_columns(name, timing, tokens, row[f"{name}_flops"]))
         if device.type == "cuda":
             nvml = nvml_device_info(device)
             row["nvml_used_bytes"] = nvml["used_bytes"] if nvml else None
@@ -136,8 +146,39 @@ def measure_cell(
     finally:
         if capped:
             torch.cuda.set_per_process_memory_fraction(1.0, device)
-    release_memory(device)
+    release_memory(cell.device)
     return row
+
+
+MEASUREMENT_NAMES = {"fwd": "forward", "fwd_bwd": "forward_backward"}
+# Tidy names of the per-pass columns whose short form would not say what they hold.
+_TIDY_RENAMES = {"ms": "time_ms", "p20_ms": "time_p20_ms", "p80_ms": "time_p80_ms", "repeats": "time_repeats"}
+
+
+def tidy_rows(row: dict[str, object], passes: tuple[str, ...] = PASSES) -> list[dict[str, object]]:
+    """`row` (measure_cell's, one per cell) as one row per measurement, `measurement` naming the pass
+    ('forward', 'forward_backward'): a pass's `fwd_*` / `fwd_bwd_*` columns lose their prefix, the rest
+    (config, status, state size, uncounted ops) is repeated in each. Every row has TIDY_METRIC_COLUMNS,
+    empty (None) where the pass has no such value."""
+    shared = {key: value for key, value in row.items() if not key.startswith("fwd_")}
+    return [
+        {"measurement": MEASUREMENT_NAMES[name], **shared,
+         **{column: row.get(wide) for column, wide in _tidy_to_wide(name).items()}}
+        for name in passes
+    ]
+
+
+def _tidy_to_wide(name: str) -> dict[str, str]:
+    """Tidy metric column -> the wide column of pass `name` that fills it."""
+    return {_TIDY_RENAMES.get(short, short): f"{name}_{short}" for short in _PASS_COLUMNS}
+
+
+# The per-pass column names of ROW_COLUMNS without their pass prefix, in order ('fwd_bwd_' is tested first).
+_PASS_COLUMNS = list(dict.fromkeys(
+    column.removeprefix("fwd_bwd_") if column.startswith("fwd_bwd_") else column.removeprefix("fwd_")
+    for column in ROW_COLUMNS if column.startswith("fwd_")
+))
+TIDY_METRIC_COLUMNS = [_TIDY_RENAMES.get(short, short) for short in _PASS_COLUMNS]
 
 
 def analytic_columns(cost: LayerCost) -> dict[str, object]:
@@ -211,12 +252,18 @@ def first_line(error: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def release_memory(device: torch.device) -> None:
+def release_memory(device: str | torch.device) -> None:
     """Free what a cell (or its failure's traceback cycles) held, so the next cell starts clean."""
     gc.collect()
-    if device.type == "cuda":
+    if str(device).startswith("cuda") and torch.cuda.is_available():
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
+
+
+def _check_subset(name: str, given: tuple[str, ...], allowed: tuple[str, ...]) -> None:
+    unknown = [item for item in given if item not in allowed]
+    if unknown:
+        raise ValueError(f"{name}={list(given)!r}: {unknown} not known; choose among {list(allowed)}")
 
 
 def _dtype(name: str) -> torch.dtype:

@@ -167,6 +167,18 @@ def measure_peak_bytes(fn: Callable[..., Any], *args: Any, budget_bytes: int | N
     return tracker.peak_bytes
 
 
+def available_memory_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo, in bytes; None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
 def measure_cuda_peak_bytes(fn: Callable[..., Any], *args: Any, device: str | torch.device = "cuda") -> int:
     """Peak bytes the CUDA caching allocator handed out during `fn(*args)`, above what was allocated
     before it (inputs, parameters): `max_memory_allocated` after `reset_peak_memory_stats`. Unlike the
