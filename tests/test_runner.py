@@ -50,7 +50,7 @@ def faulty_run(tmp_path_factory):
         seq_len = 16
     """ + FAST_MEASURE + """
         memory_budget_gib = 0.01
-        timeout_s = 5
+        timeout_s = 8
     """)
     out = tmp_path / "out"
     summary = run_suite(load_suite(path), out, show_progress=False)
@@ -72,7 +72,7 @@ def test_failing_cells_are_recorded_and_the_others_finish(faulty_run):
     messages = frame.drop_duplicates("config_hash").set_index("variant").message
     assert "injected failure in forward" in messages["faulty-raises"].iloc[0]
     assert "SIGSEGV" in messages["faulty-segfaults"]
-    assert "5 s" in messages["faulty-hangs"] and "timeout_s" in messages["faulty-hangs"]
+    assert "8 s" in messages["faulty-hangs"] and "timeout_s" in messages["faulty-hangs"]
     assert "budget" in messages["faulty-allocates"].iloc[0]
     assert summary.ran == summary.total == 10 and summary.failures == 6
 

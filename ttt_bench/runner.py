@@ -212,6 +212,10 @@ def describe_exit(exitcode: int | None) -> str:
 def _worker_main(connection: Connection) -> None:
     # Ctrl-C goes to the whole process group; the parent decides what happens to the worker.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Imported here, before the first cell's timeout starts: the memory tracker's dynamo and the FLOP counter.
+    import fvcore.nn  # noqa: F401
+    import torch._dynamo  # noqa: F401
+
     connection.send(READY)
     while True:
         try:
