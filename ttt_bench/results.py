@@ -19,7 +19,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import pandas as pd
 
@@ -43,16 +43,7 @@ class ResultStore:
         """Replace the cell's rows, atomically."""
         self.cells_dir.mkdir(parents=True, exist_ok=True)
         frame = pd.DataFrame(rows)
-        handle, temporary = tempfile.mkstemp(dir=self.cells_dir, prefix=f".{config_hash}.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "wb") as file:
-                frame.to_parquet(file, index=False)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, self.cells_dir / f"{config_hash}.parquet")
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        _replace_atomically(self.cells_dir / f"{config_hash}.parquet", lambda file: frame.to_parquet(file, index=False))
 
     def statuses(self) -> dict[str, str]:
         """config hash -> status of every finished cell."""
@@ -87,8 +78,9 @@ class ResultStore:
 
     def write_run_files(self, env: dict[str, object], suite_text: str) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.root / "env.json", json.dumps(env, indent=2, default=str) + "\n")
-        _write_atomic(self.root / "suite.toml", suite_text)
+        env_text = json.dumps(env, indent=2, default=str) + "\n"
+        _replace_atomically(self.root / "env.json", lambda file: file.write(env_text.encode()))
+        _replace_atomically(self.root / "suite.toml", lambda file: file.write(suite_text.encode()))
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
@@ -126,7 +118,16 @@ def load_results(root: str | Path) -> pd.DataFrame:
     return ResultStore(root).load()
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+def _replace_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """`write` into a temporary file beside `path`, flush it to disk, then rename it over `path`: a reader
+    (or a run killed at any moment) sees the old file or the new one, never a part."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

@@ -40,7 +40,7 @@ from typing import Any
 
 from ttt_bench import layers
 from ttt_bench.errors import ConfigError, UnknownLayerError
-from ttt_bench.profile.measure import DTYPES, METRICS, PASSES, Cell, TimingBudget
+from ttt_bench.profile.measure import DTYPES, MEASUREMENT_NAMES, METRICS, PASSES, Cell, TimingBudget
 
 GRID_AXES = {  # axis -> default values
     "seq_len": None,  # required by `run`; `oom` searches it instead
@@ -55,7 +55,7 @@ TOP_LEVEL_KEYS = ("name", "description", "metrics", "imports", "layers", "grid",
 LAYER_ENTRY_KEYS = ("name", "label", "knobs", "sweep")
 RULE_OPERATORS = ("gt", "ge", "lt", "le")
 NUMERIC_AXES = ("seq_len", "batch", "d_model", "n_heads", "seed")
-MEASUREMENTS = ("forward_backward", "forward")
+MEASUREMENTS = tuple(MEASUREMENT_NAMES[name] for name in PASSES)
 DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?")
 
 
