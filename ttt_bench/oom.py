@@ -207,9 +207,11 @@ def probe_cell(planned: PlannedCell, seq_len: int, budget: int, pass_name: str) 
 
 def run_probe(worker: Worker, store: ResultStore, cell: PlannedCell) -> Probe:
     """A probe's result from the results folder when a previous search made it, else from the worker."""
-    if store.read_cell(cell.config_hash) is None:
+    rows = store.read_cell(cell.config_hash)
+    if rows is None:
         store.write_cell(cell.config_hash, worker.run(cell))
-    row = store.read_cell(cell.config_hash).iloc[0]
+        rows = store.read_cell(cell.config_hash)  # read back, so a new probe and a stored one look alike
+    row = rows.iloc[0]
 
     def number(column: str) -> float:
         value = row.get(column)

@@ -50,13 +50,11 @@ class Executor(Protocol):
     def run(self, cells: list[PlannedCell], store: ResultStore, progress: Progress) -> None: ...
 
 
-def pending_cells(suite: Suite, store: ResultStore, retry_failed: bool = False) -> tuple[list[PlannedCell], int]:
-    """The cells still to run, and how many are done: missing ones, skipped ones the suite no longer skips,
-    and with `retry_failed` those that ended in error, oom or timeout."""
+def pending_cells(cells: list[PlannedCell], store: ResultStore, retry_failed: bool = False) -> list[PlannedCell]:
+    """The cells still to run: missing ones, skipped ones the suite no longer skips, and with `retry_failed`
+    those that ended in error, oom or timeout."""
     statuses = store.statuses()
-    cells = suite.cells()
-    pending = [cell for cell in cells if needs_run(cell, statuses.get(cell.config_hash), retry_failed)]
-    return pending, len(cells) - len(pending)
+    return [cell for cell in cells if needs_run(cell, statuses.get(cell.config_hash), retry_failed)]
 
 
 def needs_run(cell: PlannedCell, status: str | None, retry_failed: bool) -> bool:
@@ -81,7 +79,7 @@ def run_suite(
     check_devices(cells)
     store = ResultStore(out)
     with store.lock():
-        pending, done = pending_cells(suite, store, retry_failed)
+        pending = pending_cells(cells, store, retry_failed)
         devices = sorted({cell.cell.device for cell in cells})
         store.write_run_files(environment(devices[-1]), suite.text)
         progress = Progress(len(pending), enabled=show_progress)
@@ -89,7 +87,7 @@ def run_suite(
         progress.close()
         statuses = store.statuses()
     ran = Counter(statuses.get(cell.config_hash, "missing") for cell in pending)
-    return RunSummary(total=len(cells), already_done=done, ran=len(pending), statuses=dict(ran))
+    return RunSummary(total=len(cells), already_done=len(cells) - len(pending), ran=len(pending), statuses=dict(ran))
 
 
 def check_devices(cells: list[PlannedCell]) -> None:
@@ -126,14 +124,18 @@ class LocalExecutor:
                 thread.join(timeout=0.5)  # wakes up for Ctrl-C
 
 
-def run_on_worker(cells: list[PlannedCell], store: ResultStore, progress: Progress) -> None:
+def run_on_worker(cells: list[PlannedCell], store: ResultStore, progress: Progress) -> list[str]:
+    """Measure `cells` one after another on one worker, each written as it finishes; their statuses."""
+    statuses = []
     with Worker() as worker:
         for cell in cells:
             progress.start(cell.describe())
             start = time.perf_counter()
             rows = worker.run(cell)
             store.write_cell(cell.config_hash, rows)
-            progress.finish(cell.describe(), str(rows[0]["status"]), time.perf_counter() - start)
+            statuses.append(str(rows[0]["status"]))
+            progress.finish(cell.describe(), statuses[-1], time.perf_counter() - start)
+    return statuses
 
 
 class Worker:

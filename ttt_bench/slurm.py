@@ -87,7 +87,4 @@ class SubmititExecutor:
 
 def run_cells_job(cells: list[PlannedCell], results_dir: str) -> dict[str, int]:
     """A job's body: its cells on a local worker, into the shared results folder; their status counts."""
-    store = ResultStore(results_dir)
-    run_on_worker(cells, store, Progress(len(cells)))
-    statuses = store.statuses()
-    return dict(Counter(statuses.get(cell.config_hash, "missing") for cell in cells))
+    return dict(Counter(run_on_worker(cells, ResultStore(results_dir), Progress(len(cells)))))
