@@ -41,3 +41,11 @@ class Allocates(_Faulty):
 
     def mix(self, x):
         return x + torch.zeros(2**26, dtype=torch.float32).sum()
+
+
+@register("faulty-nan")
+class ReturnsNan(_Faulty):
+    """Trains to a NaN loss at once: the training loop must record 'diverged', not crash."""
+
+    def mix(self, x):
+        return x * float("nan")

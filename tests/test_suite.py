@@ -103,7 +103,7 @@ def test_exclude_and_only_rules(tmp_path):
         ('layers = ["ttt-linear"]\n[grid]\nseq_len = [8]\ndtype = "fp8"', ["grid.dtype[0]", "'fp8'", "bfloat16"]),
         ('layers = ["ttt-linear"]\n[grid]\nseq_len = [8]\ndevice = "tpu"', ["grid.device[0]", "'tpu'", "cuda"]),
         ('layers = ["ttt-linear"]\n[grid]\nseq_len = [8]\nd_model = 10\nn_heads = 4', ["d_model=10", "divisible"]),
-        ('layers = ["ttt-linear"]\nmetrics = ["accuracy"]\n[grid]\nseq_len = [8]', ["metrics[0]", "training"]),
+        ('layers = ["ttt-linear"]\nmetrics = ["accuracy"]\n[grid]\nseq_len = [8]', ["key 'tasks' is missing", "trains a model on tasks"]),
         ('layers = ["ttt-linear"]\nmetrics = ["speed"]\n[grid]\nseq_len = [8]', ["metrics[0]", "'speed'", "memory"]),
         ('layers = ["ttt-linear"]\n[grid]\nseq_len = [8]\n[measure]\nrepeats = 0', ["measure.repeats", "0"]),
         ('layers = ["ttt-linear"]\n[grid]\nseq_len = [8]\n[[exclude]]\nlayer = "*"', ["the grid is empty"]),

@@ -1,4 +1,4 @@
-"""`ttt-bench` command line: run a suite, find the out-of-memory frontier, list layers and suites.
+"""`ttt-bench` command line: run a suite, find the out-of-memory frontier, list layers, tasks and suites.
 
 User errors (a bad suite file, an unknown layer, a locked results folder) print one line without a
 traceback and exit 2, having written nothing.
@@ -14,7 +14,7 @@ from ttt_bench.errors import ConfigError, UnknownLayerError
 
 
 def _list(args: argparse.Namespace) -> None:
-    from ttt_bench import layers
+    from ttt_bench import layers, tasks
     from ttt_bench.suite import load_suite, shipped_suites
 
     selected = args.layers or layers.names()
@@ -27,11 +27,18 @@ def _list(args: argparse.Namespace) -> None:
                 print(f"    {knob.name} = {knob.default!r}  # {knob.doc}")
     if args.layers:
         return
+    print("\ntasks (for suites with metrics = ['accuracy']):")
+    for name in tasks.task_names():
+        print(f"  {name:20} {tasks.task_kind(name).description}")
+        if args.knobs:
+            for option, (default, doc) in tasks.option_docs(name).items():
+                print(f"    {option} = {default!r}  # {doc}")
     print("\nsuites:")
     for path in shipped_suites():
         try:
             suite = load_suite(path)
-            size = f"{len(suite.cells())} cells" if suite.grid["seq_len"] is not None else "OOM frontier"
+            kind = "training cells" if suite.trains else "cells"
+            size = f"{len(suite.cells())} {kind}" if suite.grid["seq_len"] is not None else "OOM frontier"
             print(f"  {path.stem:20} {size:>14}  {suite.description}")
         except ConfigError as error:
             print(f"  {path.stem:20} {'invalid':>14}  {error}")
@@ -118,9 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ttt-bench", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    ls = commands.add_parser("ls", help="list the registered layers and the shipped suites")
-    ls.add_argument("layers", nargs="*", help="layer names (default: all, and the suites)")
-    ls.add_argument("--knobs", action="store_true", help="show each layer's knobs, defaults and docs")
+    ls = commands.add_parser("ls", help="list the registered layers, the tasks and the shipped suites")
+    ls.add_argument("layers", nargs="*", help="layer names (default: all, and the tasks and suites)")
+    ls.add_argument("--knobs", action="store_true", help="show each layer's knobs and each task's options")
     ls.set_defaults(handler=_list)
 
     run = commands.add_parser("run", help="run a suite's cells into a results folder (resumable)")

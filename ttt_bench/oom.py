@@ -159,6 +159,9 @@ def budget_bytes(suite: Suite, device: str) -> int:
 def frontier_table(suite: Suite, out: str | Path, show_progress: bool = True) -> pd.DataFrame:
     """Search every variant and grid point of `suite` (grid.seq_len is not used) into `out`; the table
     has one row per variant and point: the measured frontier, the fit and its predictions."""
+    if suite.trains:
+        raise SuiteError(f"{suite.path}: this suite trains models (it lists 'tasks'); the out-of-memory search "
+                         f"measures layers: run it on a profiling suite such as suites/oom.toml")
     settings = suite.oom
     pass_name = PASS_OF_MEASUREMENT[settings.measurement]
     searches = [cell for cell in suite.variant_cells(settings.start_seq_len) if cell.skip_reason is None]

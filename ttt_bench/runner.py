@@ -23,11 +23,12 @@ from typing import Protocol
 import torch
 
 from ttt_bench.profile.env import environment
-from ttt_bench.profile.measure import MEASUREMENT_NAMES, measure_cell, tidy_rows
+from ttt_bench.profile.measure import measure_cell, tidy_rows
 from ttt_bench.profile.memory import available_memory_bytes
 from ttt_bench.progress import Progress
 from ttt_bench.results import FAILED_STATUSES, ResultStore
 from ttt_bench.suite import PlannedCell, Suite, SuiteError
+from ttt_bench.train_cell import train_cell
 
 GiB = 2**30
 READY = "ready"
@@ -243,6 +244,12 @@ def measure_planned_cell(cell: PlannedCell) -> list[dict[str, object]]:
     env_key = (cell.cell.device, torch.get_num_threads())
     if env_key not in _ENVIRONMENTS:
         _ENVIRONMENTS[env_key] = environment(cell.cell.device)
+    rows = train_cell(cell) if cell.training is not None else _profile_rows(cell)
+    run_columns = {"started_at": started, "finished_at": now_utc(), "wall_s": time.perf_counter() - start}
+    return [{**cell.config_columns(), **row, **run_columns, **_ENVIRONMENTS[env_key]} for row in rows]
+
+
+def _profile_rows(cell: PlannedCell) -> list[dict[str, object]]:
     counts_flops = cell.cell.seq_len <= cell.settings.count_flops_max_seq_len
     row = measure_cell(
         cell.cell,
@@ -252,19 +259,15 @@ def measure_planned_cell(cell: PlannedCell) -> list[dict[str, object]]:
         passes=cell.passes,
         skip_reason=cell.skip_reason,
     )
-    run_columns = {"started_at": started, "finished_at": now_utc(), "wall_s": time.perf_counter() - start}
-    return [
-        {**cell.config_columns(), **tidy, **run_columns, **_ENVIRONMENTS[env_key]}
-        for tidy in tidy_rows(row, cell.passes)
-    ]
+    return tidy_rows(row, cell.passes)
 
 
 def failure_rows(cell: PlannedCell, status: str, message: str, started: str) -> list[dict[str, object]]:
     """Rows for a cell whose worker gave no result: its config, the status and what happened."""
     return [
-        {**cell.config_columns(), "measurement": MEASUREMENT_NAMES[name], "status": status, "message": message,
+        {**cell.config_columns(), "measurement": measurement, "status": status, "message": message,
          "started_at": started, "finished_at": now_utc()}
-        for name in cell.passes
+        for measurement in cell.measurements
     ]
 
 

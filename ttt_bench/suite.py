@@ -20,6 +20,16 @@
     layer = "*-primal"
     seq_len = { le = 1024 }
 
+A training suite lists tasks and trains a backbone around each layer instead of profiling the layer:
+
+    metrics = ["accuracy"]
+    tasks = ["mnist", { name = "mqar", label = "mqar-16", options = { n_pairs = 16 } }]
+    [model]                      # the backbone: blocks, MLP width, parameter matching
+    n_layers = 2
+    match_params = "linear-attention"
+    [train]                      # the outer loop
+    steps = 300
+
 Everything is checked before anything runs; a mistake raises one SuiteError naming the file, the key,
 the bad value and what is allowed.
 """
@@ -38,9 +48,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ttt_bench import layers
+from ttt_bench import layers, tasks
 from ttt_bench.errors import ConfigError, UnknownLayerError
+from ttt_bench.models import ModelSettings
 from ttt_bench.profile.measure import DTYPES, MEASUREMENT_NAMES, METRICS, PASSES, Cell, TimingBudget
+from ttt_bench.train import TrainSettings
 
 GRID_AXES = {  # axis -> default values
     "seq_len": None,  # required by `run`; `oom` searches it instead
@@ -51,8 +63,13 @@ GRID_AXES = {  # axis -> default values
     "device": ["cpu"],
     "seed": [0],
 }
-TOP_LEVEL_KEYS = ("name", "description", "metrics", "imports", "layers", "grid", "measure", "exclude", "only", "oom")
+TRAINING_BATCH = [32]  # grid.batch of a training suite that does not set it
+TOP_LEVEL_KEYS = ("name", "description", "metrics", "imports", "layers", "tasks", "grid", "measure", "model", "train",
+                  "exclude", "only", "oom")
 LAYER_ENTRY_KEYS = ("name", "label", "knobs", "sweep")
+TASK_ENTRY_KEYS = ("name", "label", "options", "sweep")
+ACCURACY = "accuracy"  # the metric of a training suite
+TRAIN_MEASUREMENT = "train"
 RULE_OPERATORS = ("gt", "ge", "lt", "le")
 NUMERIC_AXES = ("seq_len", "batch", "d_model", "n_heads", "seed")
 MEASUREMENTS = tuple(MEASUREMENT_NAMES[name] for name in PASSES)
@@ -109,6 +126,37 @@ class LayerEntry:
 
 
 @dataclass(frozen=True)
+class TaskEntry:
+    """One task a training suite lists: a registered task with options, under a label."""
+
+    label: str
+    task: str  # the task's registered name
+    options: dict
+    key: str  # where the suite file lists it, e.g. 'tasks[1]'
+
+
+@dataclass(frozen=True)
+class Training:
+    """What makes a cell a training cell: the task, the backbone and the outer loop."""
+
+    task: TaskEntry
+    model: ModelSettings
+    train: TrainSettings
+
+    def identity(self) -> dict[str, object]:
+        return {"task": self.task.label, "task_name": self.task.task, "task_options": self.task.options,
+                "model": asdict(self.model), "train": asdict(self.train)}
+
+    def config_columns(self) -> dict[str, object]:
+        return {
+            "task": self.task.label, "task_name": self.task.task,
+            "task_options": json.dumps(self.task.options, sort_keys=True), "n_layers": self.model.n_layers,
+            "match_params": None if self.model.match_params is None else str(self.model.match_params),
+            "train_settings": json.dumps(asdict(self.train), sort_keys=True),
+        }
+
+
+@dataclass(frozen=True)
 class PlannedCell:
     """One cell of a suite: what to measure (`cell`), as which variant, and how."""
 
@@ -120,27 +168,40 @@ class PlannedCell:
     skip_reason: str | None = None  # recorded as 'skipped' with this reason instead of running
     passes: tuple[str, ...] = PASSES  # measure_cell's passes: 'fwd_bwd' and/or 'fwd'
     suite: str = ""  # the suite's name, carried into the rows (not part of the identity)
+    training: Training | None = None  # set: train a backbone around the layer on a task instead of profiling it
 
     @property
     def config_hash(self) -> str:
         """Identity of the result: the cell, its knobs and how it is measured (not the timeout)."""
-        identity = {
-            **self.cell.config_columns(), "knobs": self.cell.overrides, "variant": self.variant,
-            "metrics": sorted(self.metrics), "passes": sorted(self.passes),
-            **{k: v for k, v in asdict(self.settings).items() if k != "timeout_s"},
-        }
+        identity = {**self.cell.config_columns(), "knobs": self.cell.overrides, "variant": self.variant,
+                    "metrics": sorted(self.metrics)}
+        if self.training is None:
+            identity |= {"passes": sorted(self.passes),
+                         **{k: v for k, v in asdict(self.settings).items() if k != "timeout_s"}}
+        else:
+            identity |= {**self.training.identity(), "threads": self.settings.threads}
         return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    @property
+    def measurements(self) -> tuple[str, ...]:
+        """The `measurement` of the rows this cell gives (a training cell may add per-position rows)."""
+        if self.training is not None:
+            return (TRAIN_MEASUREMENT,)
+        return tuple(MEASUREMENT_NAMES[name] for name in self.passes)
 
     def config_columns(self) -> dict[str, object]:
         return {
             "suite": self.suite, "config_hash": self.config_hash, "variant": self.variant, **self.cell.config_columns(),
             "knobs": json.dumps(self.cell.overrides, sort_keys=True),
+            **(self.training.config_columns() if self.training is not None else {}),
         }
 
     def describe(self, with_seq_len: bool = True) -> str:
         cell = self.cell
         seq_len = f" N={cell.seq_len}" if with_seq_len else ""
-        return f"{self.variant}{seq_len} B={cell.batch} D={cell.d_model} H={cell.n_heads} {cell.dtype} {cell.device}"
+        task = f"{self.training.task.label} " if self.training is not None else ""
+        return (f"{task}{self.variant}{seq_len} B={cell.batch} D={cell.d_model} H={cell.n_heads} {cell.dtype} "
+                f"{cell.device}" + (f" seed={cell.seed}" if self.training is not None else ""))
 
 
 @dataclass(frozen=True)
@@ -156,6 +217,13 @@ class Suite:
     settings: MeasureSettings
     rules: tuple[tuple[str, dict], ...]  # ('exclude' | 'only', conditions incl. an optional 'reason')
     oom: OomSettings = field(default_factory=OomSettings)
+    task_entries: tuple[TaskEntry, ...] = ()  # a training suite's tasks; empty for a profiling suite
+    model: ModelSettings = field(default_factory=ModelSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+
+    @property
+    def trains(self) -> bool:
+        return bool(self.task_entries)
 
     def cells(self) -> list[PlannedCell]:
         """The grid's cells in order (variants outermost), the rules applied; needs grid.seq_len."""
@@ -170,17 +238,32 @@ class Suite:
     def _expand(self, grid: dict[str, list]) -> list[PlannedCell]:
         planned = []
         axes = list(GRID_AXES)
-        for entry in self.layer_entries:
-            for values in itertools.product(*(grid[axis] for axis in axes)):
-                point = dict(zip(axes, values))
-                kept, skip_reason = _rule_verdict(self.rules, entry.label, entry.layer, point)
-                if not kept:
-                    continue
-                cell = Cell(layer=entry.layer, overrides=entry.knobs, **point)
-                planned.append(PlannedCell(
-                    cell, entry.label, self.settings, self.metrics, self.imports, skip_reason, suite=self.name
-                ))
+        for task in self.task_entries or (None,):
+            for entry in self.layer_entries:
+                for values in itertools.product(*(grid[axis] for axis in axes)):
+                    point = dict(zip(axes, values))
+                    kept, skip_reason = _rule_verdict(self.rules, entry, task, point)
+                    if not kept:
+                        continue
+                    training = None
+                    if task is not None:
+                        self._check_task_length(task, point["seq_len"])
+                        training = Training(task, self.model, self.train)
+                        skip_reason = skip_reason or _causality_skip(entry, task)
+                    cell = Cell(layer=entry.layer, overrides=entry.knobs, **point)
+                    planned.append(PlannedCell(
+                        cell, entry.label, self.settings, self.metrics, self.imports, skip_reason, suite=self.name,
+                        training=training,
+                    ))
         return planned
+
+    def _check_task_length(self, task: TaskEntry, seq_len: int) -> None:
+        try:
+            tasks.task_options(task.task, task.options, seq_len)
+        except ConfigError as error:
+            raise SuiteError(f"{self.path}: key {task.key!r} (task {task.label!r}) at grid.seq_len {seq_len}: {error}; "
+                             f"an [[only]] rule with 'task' and 'seq_len' keeps each task to the lengths it "
+                             f"takes") from None
 
 
 def load_suite(path: str | Path) -> Suite:
@@ -212,13 +295,23 @@ def parse_suite(data: dict, path: Path, text: str = "") -> Suite:
             raise SuiteError(
                 f"{path}: key 'imports[{index}]': cannot import {module!r} ({type(error).__name__}: {error})"
             ) from None
-    metrics = tuple(check.list("metrics", data.get("metrics", list(METRICS)), nonempty=True))
+    task_entries = _parse_tasks(check, data.get("tasks", []))
+    default_metrics = [ACCURACY] if task_entries else list(METRICS)
+    metrics = tuple(check.list("metrics", data.get("metrics", default_metrics), nonempty=True))
     for index, metric in enumerate(metrics):
-        if metric == "accuracy":
-            raise SuiteError(f"{path}: key 'metrics[{index}]': 'accuracy' needs the training loop, which ttt-bench "
-                             f"does not have yet; allowed: {list(METRICS)}")
-        check.choice(f"metrics[{index}]", metric, METRICS)
+        check.choice(f"metrics[{index}]", metric, (*METRICS, ACCURACY))
+    if task_entries and metrics != (ACCURACY,):
+        raise check.fail("metrics", list(metrics), "a suite with 'tasks' trains models: its metrics are ['accuracy']; "
+                         "profile the layers in a suite of its own (both may write to one results folder)")
+    if ACCURACY in metrics and not task_entries:
+        raise SuiteError(f"{path}: key 'tasks' is missing; 'accuracy' trains a model on tasks: list them "
+                         f"(tasks: {', '.join(tasks.task_names())})")
+    for key in ("model", "train"):
+        if key in data and not task_entries:
+            raise SuiteError(f"{path}: key {key!r} applies to training suites only; add 'tasks' or remove it")
     grid = _parse_grid(check, data.get("grid", {}))
+    if task_entries and "batch" not in data.get("grid", {}):
+        grid["batch"] = TRAINING_BATCH
     entries = _parse_layers(check, data.get("layers"))
     for entry in entries:
         for d_model, n_heads in itertools.product(grid["d_model"], grid["n_heads"]):
@@ -234,7 +327,8 @@ def parse_suite(data: dict, path: Path, text: str = "") -> Suite:
         for i, rule in enumerate(check.list(kind, data.get(kind, [])))
     )
     suite = Suite(path, text, name, description, metrics, imports, tuple(entries), grid, settings, rules,
-                  _parse_oom(check, data.get("oom", {})))
+                  _parse_oom(check, data.get("oom", {})), tuple(task_entries),
+                  _parse_model(check, data.get("model", {}), entries), _parse_train(check, data.get("train", {})))
     if grid["seq_len"] is not None and not suite.cells():
         raise SuiteError(f"{path}: the grid is empty after the 'exclude' and 'only' rules; nothing would run")
     return suite
@@ -355,6 +449,74 @@ def _parse_layers(check: _Checker, raw: Any) -> list[LayerEntry]:
     return entries
 
 
+def _parse_tasks(check: _Checker, raw: Any) -> list[TaskEntry]:
+    entries = []
+    for i, entry in enumerate(check.list("tasks", raw)):
+        key = f"tasks[{i}]"
+        if isinstance(entry, str):
+            entry = {"name": entry}
+        check.keys(key + ".", entry, TASK_ENTRY_KEYS)
+        name = check.choice(f"{key}.name", entry.get("name"), tasks.task_names())
+        options = entry.get("options", {})
+        check.keys(f"{key}.options.", options, tuple(tasks.option_docs(name)))
+        sweep = entry.get("sweep", {})
+        check.keys(f"{key}.sweep.", sweep, tuple(o for o in tasks.option_docs(name) if o not in options))
+        for option, values in sweep.items():
+            check.list(f"{key}.sweep.{option}", values, nonempty=True)
+        label = check.string(f"{key}.label", entry.get("label", name))
+        for combination in itertools.product(*sweep.values()):
+            swept = dict(zip(sweep, combination))
+            given = {**options, **swept}
+            try:
+                tasks.task_options(name, given)
+            except ConfigError as error:
+                raise SuiteError(f"{check.path}: key {key!r}: {error}") from None
+            entries.append(TaskEntry(label + "".join(f"-{k}={v}" for k, v in swept.items()), name, given, key))
+    labels = [entry.label for entry in entries]
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        raise SuiteError(f"{check.path}: key 'tasks': {repeated} listed more than once; give each entry its own 'label'")
+    return entries
+
+
+def _parse_model(check: _Checker, table: Any, entries: list[LayerEntry]) -> ModelSettings:
+    check.keys("model.", table, ("n_layers", "mlp_ratio", "match_params"))
+    values: dict[str, Any] = {}
+    if "n_layers" in table:
+        values["n_layers"] = check.integer("model.n_layers", table["n_layers"], 1)
+    if "mlp_ratio" in table:
+        values["mlp_ratio"] = check.number("model.mlp_ratio", table["mlp_ratio"])
+    target = table.get("match_params")
+    if isinstance(target, str):
+        by_label = {entry.label: entry for entry in entries}
+        if target in by_label:
+            values |= {"match_layer": by_label[target].layer, "match_knobs": tuple(sorted(by_label[target].knobs.items()))}
+        elif target in layers.names():
+            values["match_layer"] = target
+        else:
+            raise check.fail("model.match_params", target, f"name a layer of this suite ({', '.join(by_label)}), a "
+                             f"registered layer, or give a parameter count")
+        values["match_params"] = target
+    elif target is not None:
+        values["match_params"] = check.integer("model.match_params", target, 1)
+    return ModelSettings(**values)
+
+
+def _parse_train(check: _Checker, table: Any) -> TrainSettings:
+    check.keys("train.", table, tuple(TrainSettings.__dataclass_fields__))
+    try:
+        return TrainSettings(**table)
+    except ConfigError as error:
+        raise SuiteError(f"{check.path}: key 'train': {error}") from None
+
+
+def _causality_skip(entry: LayerEntry, task: TaskEntry) -> str | None:
+    if tasks.task_kind(task.task).needs_causal and not layers.is_causal(entry.layer, **entry.knobs):
+        return (f"{entry.label} is not causal: on {task.task}, which predicts tokens of its own input, it would see "
+                f"the answers")
+    return None
+
+
 def _parse_measure(check: _Checker, table: Any) -> MeasureSettings:
     check.keys("measure.", table, tuple(MeasureSettings.__dataclass_fields__))
     values = {}
@@ -370,9 +532,9 @@ def _parse_measure(check: _Checker, table: Any) -> MeasureSettings:
 
 
 def _parse_rule(check: _Checker, key: str, rule: Any) -> dict:
-    check.keys(key + ".", rule, ("layer", *GRID_AXES, "reason"))
+    check.keys(key + ".", rule, ("layer", "task", *GRID_AXES, "reason"))
     if not any(k != "reason" for k in rule):
-        raise check.fail(key, rule, "give at least one condition: 'layer' or a grid axis")
+        raise check.fail(key, rule, "give at least one condition: 'layer', 'task' or a grid axis")
     if "reason" in rule:
         check.string(f"{key}.reason", rule["reason"])
     for axis, condition in rule.items():
@@ -420,17 +582,24 @@ def _parse_oom(check: _Checker, table: Any) -> OomSettings:
     return settings
 
 
-def _rule_verdict(rules, label: str, name: str, point: dict) -> tuple[bool, str | None]:
+def _rule_verdict(rules, entry: LayerEntry, task: TaskEntry | None, point: dict) -> tuple[bool, str | None]:
     """(kept, skip reason): a rule without a reason drops the cell, one with a reason keeps it as skipped."""
     for kind, rule in rules:
-        patterns = rule.get("layer", "*")
-        patterns = patterns if isinstance(patterns, list) else [patterns]
-        layer_matches = any(fnmatch.fnmatchcase(n, str(p)) for p in patterns for n in (label, name))
-        axes_match = all(_matches(point[k], v) for k, v in rule.items() if k not in ("layer", "reason"))
-        dropped = layer_matches and (axes_match if kind == "exclude" else not axes_match)
+        # 'layer' and 'task' select the cells a rule is about; the grid axes are its conditions.
+        task_names = () if task is None else (task.label, task.task)
+        selected = _names_match(rule.get("layer", "*"), (entry.label, entry.layer)) and (
+            "task" not in rule or _names_match(rule["task"], task_names)
+        )
+        axes_match = all(_matches(point[k], v) for k, v in rule.items() if k not in ("layer", "task", "reason"))
+        dropped = selected and (axes_match if kind == "exclude" else not axes_match)
         if dropped:
             return "reason" in rule, rule.get("reason")
     return True, None
+
+
+def _names_match(patterns: Any, names: tuple[str, ...]) -> bool:
+    patterns = patterns if isinstance(patterns, list) else [patterns]
+    return any(fnmatch.fnmatchcase(n, str(p)) for p in patterns for n in names)
 
 
 def _is_scalar(value: Any) -> bool:

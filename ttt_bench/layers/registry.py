@@ -75,6 +75,12 @@ def build(name: str, **overrides: Any) -> nn.Module:
     return variant(name).layer_cls(config(name, **overrides))
 
 
+def is_causal(name: str, **overrides: Any) -> bool:
+    """Whether output t depends on inputs up to t only: the config's `causal` knob; a layer without one is a
+    recurrence over time, causal by construction (a non-causal layer must have the knob)."""
+    return bool(getattr(config(name, **overrides), "causal", True))
+
+
 def knobs(name: str) -> list[Knob]:
     """The variant's settable fields with their effective default and their one-line doc."""
     v = variant(name)

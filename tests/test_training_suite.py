@@ -1,0 +1,201 @@
+"""Training suites: tasks, the backbone and the outer loop in a suite file, checked before anything runs,
+and training cells in the runner beside the profiling rows (one results frame, one join)."""
+
+import textwrap
+
+import pytest
+
+from ttt_bench.cli import main
+from ttt_bench.results import load_results
+from ttt_bench.runner import run_suite
+from ttt_bench.suite import SuiteError, load_suite, parse_suite, shipped_suites
+
+TINY = """
+    name = "tiny-training"
+    metrics = ["accuracy"]
+    imports = ["faulty_layers"]
+    layers = ["linear-attention-causal", "mttt-linear", "faulty-nan", "faulty-raises"]
+    tasks = [
+        "digits",
+        { name = "mqar", label = "recall", options = { n_pairs = 2, vocab_size = 16, train_examples = 64, test_examples = 16 } },
+        { name = "bytes-lm", options = { train_bytes = 5000, test_windows = 4 } },
+    ]
+    [grid]
+    seq_len = [16]
+    batch = 8
+    d_model = 16
+    n_heads = 2
+    [model]
+    n_layers = 1
+    match_params = "linear-attention-causal"
+    [train]
+    steps = 3
+    warmup_steps = 1
+    eval_examples = 16
+    [measure]
+    threads = 1
+    timeout_s = 120
+    [[only]]
+    layer = ["faulty-*"]
+    task = "digits"
+    seq_len = 16
+    [[exclude]]
+    layer = "faulty-*"
+    task = ["recall", "bytes-lm"]
+"""
+
+
+def write(tmp_path, text, name="suite.toml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def parse(text, path="s.toml"):
+    import tomllib
+    from pathlib import Path
+
+    return parse_suite(tomllib.loads(textwrap.dedent(text)), Path(path))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("training")
+    path = write(tmp_path, TINY)
+    out = tmp_path / "out"
+    summary = run_suite(load_suite(path), out, show_progress=False)
+    return path, out, summary, load_results(out)
+
+
+def test_training_cells_give_rows_with_status_and_units(tiny_run):
+    _, _, summary, frame = tiny_run
+    train = frame[frame.measurement == "train"].set_index(["task", "variant"])
+    assert summary.total == 8 and len(train) == 8
+    assert train.loc[("digits", "linear-attention-causal"), "status"] == "ok"
+    assert train.loc[("recall", "mttt-linear"), "status"] == "skipped"
+    assert "not causal" in train.loc[("recall", "mttt-linear"), "message"]
+    assert train.loc[("digits", "mttt-linear"), "status"] == "ok"  # images may look both ways
+    assert train.loc[("digits", "faulty-nan"), "status"] == "diverged"
+    assert train.loc[("digits", "faulty-raises"), "status"] == "error"
+    assert "injected failure in forward" in train.loc[("digits", "faulty-raises"), "message"]
+    ok = train[train.status == "ok"]
+    for column in ("eval_loss_nats", "train_loss_nats", "params", "flops_per_token", "train_flops",
+                   "train_time_s", "tokens_per_s", "steps"):
+        assert ok[column].notna().all() and (ok[column] > 0).all(), column
+    assert (ok.steps == 3).all() and ok.accuracy.notna().all() and ok.accuracy.between(0, 1).all()
+    assert set(ok.task_name) == {"digits", "mqar", "bytes-lm"} and ok.task_description.str.len().gt(0).all()
+
+
+def test_parameters_are_matched_to_the_named_layer(tiny_run):
+    frame = tiny_run[3]
+    ok = frame[(frame.measurement == "train") & (frame.status == "ok")]
+    for _, group in ok.groupby("task"):
+        reference = group[group.variant == "linear-attention-causal"].params.iloc[0]
+        assert ((group.params - reference).abs() <= 0.1 * reference).all()
+
+
+def test_per_token_tasks_add_loss_by_position_rows(tiny_run):
+    frame = tiny_run[3]
+    positions = frame[frame.measurement == "loss_by_position"]
+    lm = positions[(positions.task == "bytes-lm") & (positions.variant == "linear-attention-causal")]
+    assert lm.position.tolist() == [0, 1, 2, 4, 8] and lm.position_end.tolist() == [1, 2, 4, 8, 16]
+    assert lm.eval_loss_nats.notna().all()
+    recall = positions[positions.task == "recall"]
+    assert recall.position.min() >= 4  # queries come after the 2 pairs: nothing is scored earlier
+    assert positions[positions.task == "digits"].empty
+
+
+def test_rerun_trains_nothing_and_profiling_rows_join_in_one_frame(tiny_run, tmp_path):
+    path, out, _, frame = tiny_run
+    assert run_suite(load_suite(path), out, show_progress=False).ran == 0
+    profile = write(tmp_path, """
+        layers = ["linear-attention-causal"]
+        [grid]
+        seq_len = 16
+        d_model = 16
+        n_heads = 2
+        [measure]
+        repeats = 1
+        min_time_s = 0.001
+        count_flops_max_seq_len = 16
+    """)
+    run_suite(load_suite(profile), out, show_progress=False)
+    both = load_results(out)
+    assert {"train", "loss_by_position", "forward", "forward_backward"} <= set(both.measurement)
+    joined = both[both.measurement == "train"].merge(
+        both[both.measurement == "forward"], on=["layer", "seq_len", "d_model", "n_heads"], suffixes=("", "_profile"))
+    assert len(joined) == 3 and joined.flops_profile.gt(0).all()
+
+
+def test_dry_run_lists_training_cells(tiny_run, capsys):
+    path, out, _, _ = tiny_run
+    assert main(["run", str(path), "--out", str(out), "--dry-run"]) == 0
+    printed = capsys.readouterr()
+    assert "recall mttt-linear N=16" in printed.out and "8 cells, 0 to run" in printed.err
+
+
+@pytest.mark.parametrize("change, message", [
+    ('metrics = ["accuracy", "time"]', "a suite with 'tasks' trains models: its metrics are \\['accuracy'\\]"),
+    ('tasks = ["cifar"]', "key 'tasks\\[0\\].name': value 'cifar' is not allowed; choose one of"),
+    ('tasks = [{ name = "mqar", options = { pairs = 2 } }]', "unknown key 'tasks\\[0\\].options.pairs'; allowed keys"),
+    ('tasks = [{ name = "mqar", options = { n_pairs = 0 } }]', "key 'tasks\\[0\\]' \\(task 'mqar'\\) at grid.seq_len 32: task 'mqar': n_pairs=0 is not allowed"),
+    ('tasks = ["mnist"]', "key 'tasks\\[0\\]' \\(task 'mnist'\\) at grid.seq_len 32: .*N = r x r.*\\[\\[only\\]\\] rule"),
+    ('train = { steps = -1 }', "key 'train': train: steps=-1 is not allowed"),
+    ('train = { epochs = 3 }', "unknown key 'train.epochs'; allowed keys here: steps"),
+    ('model = { match_params = "nonesuch" }', "key 'model.match_params': value 'nonesuch' is not allowed; name a layer"),
+    ('model = { n_layers = 0 }', "key 'model.n_layers': value 0 is not allowed"),
+])
+def test_training_suite_mistakes_name_the_key(change, message):
+    key = change.split(" = ")[0]
+    base = {
+        "metrics": 'metrics = ["accuracy"]', "tasks": 'tasks = ["digits"]', "train": "", "model": "",
+    }
+    base[key] = change
+    text = "\n".join(line for line in base.values() if line) + '\nlayers = ["linear-attention-causal"]\n' \
+        "[grid]\nseq_len = 32\n"
+    with pytest.raises(SuiteError, match=message):
+        parse(text)
+
+
+def test_accuracy_without_tasks_and_training_keys_in_a_profiling_suite_are_refused():
+    with pytest.raises(SuiteError, match="key 'tasks' is missing; 'accuracy' trains a model on tasks"):
+        parse('metrics = ["accuracy"]\nlayers = ["ttt-linear"]\n[grid]\nseq_len = 16\n')
+    with pytest.raises(SuiteError, match="key 'train' applies to training suites only"):
+        parse('layers = ["ttt-linear"]\n[grid]\nseq_len = 16\n[train]\nsteps = 3\n')
+
+
+def test_task_sweeps_and_labels_expand():
+    suite = parse("""
+        layers = ["ttt-linear"]
+        tasks = [{ name = "mqar", label = "recall", sweep = { n_pairs = [2, 4] } }]
+        [grid]
+        seq_len = [16, 32]
+        [[only]]
+        task = "recall-n_pairs=4"
+        seq_len = 32
+    """)
+    cells = suite.cells()
+    assert [(c.training.task.label, c.cell.seq_len) for c in cells] == [
+        ("recall-n_pairs=2", 16), ("recall-n_pairs=2", 32), ("recall-n_pairs=4", 32)]
+    assert all(c.cell.batch == 32 and c.metrics == ("accuracy",) for c in cells)  # the training batch default
+    assert len({c.config_hash for c in cells}) == 3
+
+
+def test_shipped_training_suites_are_valid():
+    names = {path.stem for path in shipped_suites()}
+    assert {"accuracy-quick", "accuracy-mnist"} <= names
+    quick = load_suite(next(p for p in shipped_suites() if p.stem == "accuracy-quick"))
+    run = [c for c in quick.cells() if c.skip_reason is None]
+    assert {c.training.task.task for c in run} == {"mnist", "mqar", "bytes-lm"}
+    families = {c.cell.layer.split("-")[0] for c in run}
+    assert {"attention", "linear", "delta", "ttt", "mttt"} <= families
+
+
+def test_cli_lists_tasks_and_refuses_an_oom_search_of_a_training_suite(tmp_path, capsys):
+    assert main(["ls", "--knobs"]) == 0
+    listed = capsys.readouterr().out
+    assert "mqar" in listed and "n_pairs = 8" in listed and "accuracy-quick" in listed and "training cells" in listed
+    path = write(tmp_path, 'layers = ["ttt-linear"]\ntasks = ["digits"]\n[grid]\nseq_len = 16\n')
+    assert main(["oom", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert "this suite trains models" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

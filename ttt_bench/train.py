@@ -1,0 +1,215 @@
+"""The outer loop: trains a backbone hosting one mixer on one task, and says how it went.
+
+AdamW (decay on matrices only), linear warm-up then cosine decay, gradient clipping by global norm,
+evaluation on the task's held-out split, early stopping once a target accuracy is reached. A NaN or
+infinite loss or gradient ends the run with status 'diverged' and the step it happened at.
+
+Deterministic on the CPU: the seed fixes the initial weights and the order of the examples, and the
+task's data never depends on it, so the same seed (and thread count) gives the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from ttt_bench.errors import ConfigError
+from ttt_bench.models import ModelConfig, ModelCost, SequenceModel, parameter_count
+from ttt_bench.tasks.base import IGNORE_INDEX, TaskData
+
+LOW_PRECISION = (torch.bfloat16, torch.float16)  # trained under autocast with float32 weights
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How the outer loop trains ([train] in a suite)."""
+
+    steps: int = 300  # optimiser steps, at most (fewer when the target is reached)
+    lr: float = 1e-3  # peak AdamW learning rate
+    weight_decay: float = 0.05  # AdamW decay of weight matrices (not of biases, norms or gains)
+    warmup_steps: int = 30  # the learning rate rises linearly from 0 over these steps, then decays by a cosine
+    min_lr_ratio: float = 0.1  # the cosine ends at lr x this
+    clip_norm: float = 1.0  # clip the global gradient norm to this (0: no clipping)
+    eval_every: int = 0  # evaluate every this many steps (0: only at the end); early stopping looks here
+    eval_examples: int = 1000  # held-out examples per evaluation, at most
+    target_accuracy: float = 0.0  # stop once the held-out accuracy reaches this (0: never)
+
+    def __post_init__(self) -> None:
+        for name, minimum in (("steps", 1), ("warmup_steps", 0), ("eval_every", 0), ("eval_examples", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ConfigError(f"train: {name}={value!r} is not allowed; it must be an integer >= {minimum}")
+        for name, low, high in (("lr", 0.0, math.inf), ("weight_decay", -1e-12, math.inf),
+                                ("min_lr_ratio", -1e-12, 1.0), ("clip_norm", -1e-12, math.inf),
+                                ("target_accuracy", -1e-12, 1.0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value <= high:
+                bound = "> 0" if low == 0 else ">= 0"
+                raise ConfigError(f"train: {name}={value!r} is not allowed; it must be a number {bound}"
+                                  + ("" if high == math.inf else f" and <= {high:g}"))
+
+    def learning_rate(self, step: int) -> float:
+        """The rate for optimiser step `step` (0-based)."""
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        decay_steps = max(1, self.steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / decay_steps)
+        floor = self.lr * self.min_lr_ratio
+        return floor + (self.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@dataclass
+class Evaluation:
+    accuracy: float  # share of scored predictions that are right (classes, or tokens at scored positions)
+    loss: float  # mean cross-entropy per scored prediction, nats
+    loss_by_position: list[float] | None = None  # per-token tasks: mean loss at each position, nats (NaN: unscored)
+
+
+@dataclass
+class TrainResult:
+    status: str  # 'ok' or 'diverged'
+    message: str
+    params: int
+    cost: ModelCost  # analytic work of one training batch
+    steps: int  # optimiser steps taken
+    train_loss: float  # mean training loss over the last tenth of the steps taken, nats
+    train_time_s: float  # the optimiser steps only, evaluations excluded
+    tokens_per_s: float  # training tokens (B x N per step) per second of train_time_s
+    evaluation: Evaluation | None  # the last one; None when the run diverged before any
+    steps_to_target: int | None = None  # the step whose evaluation first reached the target
+    losses: list[float] = field(default_factory=list)  # every step's training loss, nats
+
+
+def train_model(config: ModelConfig, data: TaskData, settings: TrainSettings, *, batch_size: int, seed: int,
+                device: str = "cpu", dtype: torch.dtype = torch.float32) -> TrainResult:
+    torch.manual_seed(seed)
+    model = SequenceModel(config, data.spec).to(device=device, dtype=_weight_dtype(dtype))
+    params = parameter_count(model)
+    cost = model.cost(batch_size)
+    optimiser = torch.optim.AdamW(_parameter_groups(model, settings.weight_decay), lr=settings.lr)
+    batches = _batches(len(data.train_inputs), batch_size, torch.Generator().manual_seed(seed))
+    losses: list[float] = []
+    evaluation, steps_to_target, train_time = None, None, 0.0
+    for step in range(settings.steps):
+        start = time.perf_counter()
+        for group in optimiser.param_groups:
+            group["lr"] = settings.learning_rate(step)
+        index = next(batches)
+        inputs = data.train_inputs[index].to(device)
+        targets = data.train_targets[index].to(device)
+        model.train()
+        with _autocast(device, dtype):
+            loss = _loss(model(_cast(inputs, dtype)), targets)
+        optimiser.zero_grad(set_to_none=True)
+        norm = 0.0
+        if torch.isfinite(loss):
+            loss.backward()
+            norm = _clip(model, settings.clip_norm)
+        train_time += time.perf_counter() - start
+        losses.append(float(loss.detach()))
+        if not math.isfinite(losses[-1]) or not math.isfinite(norm):
+            what = "loss" if not math.isfinite(losses[-1]) else "gradient norm"
+            return _result(
+                "diverged", f"the training {what} became {losses[-1] if what == 'loss' else norm} at step {step + 1} "
+                f"(lr {settings.learning_rate(step):.3g})", params, cost, losses, train_time, data, batch_size, None, None,
+            )
+        optimiser.step()
+        last = step + 1 == settings.steps
+        if last or (settings.eval_every and (step + 1) % settings.eval_every == 0):
+            evaluation = evaluate(model, data, settings.eval_examples, batch_size, device, dtype)
+            if settings.target_accuracy and evaluation.accuracy >= settings.target_accuracy:
+                steps_to_target = step + 1
+                break
+    if not math.isfinite(evaluation.loss):
+        return _result("diverged", f"the held-out loss is {evaluation.loss}", params, cost, losses, train_time, data,
+                       batch_size, None, None)
+    return _result("ok", "", params, cost, losses, train_time, data, batch_size, evaluation, steps_to_target)
+
+
+@torch.no_grad()
+def evaluate(model: SequenceModel, data: TaskData, examples: int, batch_size: int, device: str,
+             dtype: torch.dtype = torch.float32) -> Evaluation:
+    """Accuracy and loss on the first `examples` held-out examples (the same ones on every run)."""
+    model.eval()
+    inputs, targets = data.test_inputs[:examples], data.test_targets[:examples]
+    correct = scored = 0
+    total_loss = 0.0
+    position_loss = position_count = None
+    for start in range(0, len(inputs), batch_size):
+        batch_targets = targets[start : start + batch_size].to(device)
+        with _autocast(device, dtype):
+            logits = model(_cast(inputs[start : start + batch_size].to(device), dtype)).float()
+        losses = F.cross_entropy(logits.transpose(1, -1) if data.spec.per_token else logits, batch_targets,
+                                 ignore_index=IGNORE_INDEX, reduction="none")
+        mask = batch_targets != IGNORE_INDEX
+        correct += int(((logits.argmax(dim=-1) == batch_targets) & mask).sum())
+        scored += int(mask.sum())
+        total_loss += float(losses[mask].sum())
+        if data.spec.per_token:
+            sums, counts = (losses * mask).sum(dim=0).double(), mask.sum(dim=0).double()
+            position_loss = sums if position_loss is None else position_loss + sums
+            position_count = counts if position_count is None else position_count + counts
+    by_position = None
+    if position_loss is not None:
+        by_position = (position_loss / position_count).tolist()  # NaN where no example is scored
+    return Evaluation(correct / scored, total_loss / scored, by_position)
+
+
+def _loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    if logits.dim() == 3:  # per token: [B, N, V] against [B, N]
+        return F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX)
+    return F.cross_entropy(logits.float(), targets)
+
+
+def _clip(model: torch.nn.Module, clip_norm: float) -> float:
+    if clip_norm:
+        return float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm))
+    grads = [p.grad.detach().norm() for p in model.parameters() if p.grad is not None]
+    return float(torch.stack(grads).norm()) if grads else 0.0
+
+
+def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Decay the weight matrices (2-D and up), not the biases, norm gains or the position table."""
+    decayed, kept = [], []
+    for name, param in model.named_parameters():
+        (decayed if param.dim() >= 2 and name != "positions" else kept).append(param)
+    return [{"params": decayed, "weight_decay": weight_decay}, {"params": kept, "weight_decay": 0.0}]
+
+
+def _batches(count: int, batch_size: int, generator: torch.Generator):
+    """Index batches through shuffled epochs, forever."""
+    if batch_size > count:
+        raise ConfigError(f"train: batch={batch_size} is not allowed; the task has {count} training examples")
+    while True:
+        order = torch.randperm(count, generator=generator)
+        for start in range(0, count - batch_size + 1, batch_size):
+            yield order[start : start + batch_size]
+
+
+def _weight_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in LOW_PRECISION else dtype
+
+
+def _autocast(device: str, dtype: torch.dtype):
+    device_type = torch.device(device).type
+    return torch.autocast(device_type, dtype=dtype, enabled=dtype in LOW_PRECISION)
+
+
+def _cast(inputs: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return inputs.to(_weight_dtype(dtype)) if inputs.is_floating_point() else inputs
+
+
+def _result(status: str, message: str, params: int, cost: ModelCost, losses: list[float], train_time: float,
+            data: TaskData, batch_size: int, evaluation: Evaluation | None, steps_to_target: int | None) -> TrainResult:
+    tail = [loss for loss in losses[-max(1, len(losses) // 10):] if math.isfinite(loss)]
+    tokens = len(losses) * batch_size * data.spec.seq_len
+    return TrainResult(
+        status=status, message=message, params=params, cost=cost, steps=len(losses),
+        train_loss=sum(tail) / len(tail) if tail else math.nan, train_time_s=train_time,
+        tokens_per_s=tokens / train_time if train_time > 0 else math.nan, evaluation=evaluation,
+        steps_to_target=steps_to_target, losses=losses,
+    )
