@@ -33,13 +33,13 @@ def test_mnist_split_is_fixed_and_disjoint():
 def test_digits_and_their_options():
     data = tasks.load_task("digits", {"train_examples": 500}, 64)
     assert data.train_inputs.shape == (500, 64, 1) and data.test_inputs.shape == (297, 64, 1)
-    with pytest.raises(ConfigError, match="test_examples \\+ train_examples = 2000 is not allowed; the data set has 1797"):
+    with pytest.raises(ConfigError, match="train_examples = 2000 is not allowed; the data set has 1797"):
         tasks.load_task("digits", {"test_examples": 1000, "train_examples": 1000}, 64)
 
 
 @pytest.mark.parametrize("task", ["mnist", "digits"])
 def test_pixel_tasks_need_a_square_number_of_tokens(task):
-    with pytest.raises(ConfigError, match="seq_len=200 is not allowed; one token per pixel needs N = r x r.*196 or 225"):
+    with pytest.raises(ConfigError, match="seq_len=200 is not allowed; one token per pixel.*nearest: 196 or 225"):
         tasks.load_task(task, {}, 200)
 
 
@@ -51,7 +51,8 @@ def test_unknown_task_and_option_name_what_exists():
 
 
 def test_mqar_sequences_hold_pairs_then_each_key_queried_once():
-    inputs, targets = generate_mqar(200, seq_len=40, n_pairs=5, vocab_size=32, generator=torch.Generator().manual_seed(3))
+    generator = torch.Generator().manual_seed(3)
+    inputs, targets = generate_mqar(200, seq_len=40, n_pairs=5, vocab_size=32, generator=generator)
     for sequence, target in zip(inputs.tolist(), targets.tolist()):
         keys, values = sequence[0:10:2], sequence[1:10:2]
         assert len(set(keys)) == 5 and all(1 <= k < 16 for k in keys) and all(16 <= v < 32 for v in values)
@@ -119,7 +120,8 @@ def test_image_folder_with_train_and_val_folders(tmp_path):
 def test_image_folder_reads_cifar10_python_batches(tmp_path):
     rng = np.random.default_rng(0)
     for name, count in (("data_batch_1", 20), ("data_batch_2", 20), ("test_batch", 10)):
-        batch = {b"data": rng.integers(0, 256, (count, 3072), dtype=np.uint8), b"labels": [i % 10 for i in range(count)]}
+        batch = {b"data": rng.integers(0, 256, (count, 3072), dtype=np.uint8),
+                 b"labels": [i % 10 for i in range(count)]}
         (tmp_path / name).write_bytes(pickle.dumps(batch))
     (tmp_path / "batches.meta").write_bytes(pickle.dumps({b"label_names": [f"c{i}".encode() for i in range(10)]}))
     data = tasks.load_task("image-folder", {"root": str(tmp_path)}, 64)

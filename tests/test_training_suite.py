@@ -15,11 +15,6 @@ TINY = """
     metrics = ["accuracy"]
     imports = ["faulty_layers"]
     layers = ["linear-attention-causal", "mttt-linear", "faulty-nan", "faulty-raises"]
-    tasks = [
-        "digits",
-        { name = "mqar", label = "recall", options = { n_pairs = 2, vocab_size = 16, train_examples = 64, test_examples = 16 } },
-        { name = "bytes-lm", options = { train_bytes = 5000, test_windows = 4 } },
-    ]
     [grid]
     seq_len = [16]
     batch = 8
@@ -42,6 +37,15 @@ TINY = """
     [[exclude]]
     layer = "faulty-*"
     task = ["recall", "bytes-lm"]
+    [[tasks]]
+    name = "digits"
+    [[tasks]]
+    name = "mqar"
+    label = "recall"
+    options = { n_pairs = 2, vocab_size = 16, train_examples = 64, test_examples = 16 }
+    [[tasks]]
+    name = "bytes-lm"
+    options = { train_bytes = 5000, test_windows = 4 }
 """
 
 
@@ -137,12 +141,13 @@ def test_dry_run_lists_training_cells(tiny_run, capsys):
 @pytest.mark.parametrize("change, message", [
     ('metrics = ["accuracy", "time"]', "a suite with 'tasks' trains models: its metrics are \\['accuracy'\\]"),
     ('tasks = ["cifar"]', "key 'tasks\\[0\\].name': value 'cifar' is not allowed; choose one of"),
-    ('tasks = [{ name = "mqar", options = { pairs = 2 } }]', "unknown key 'tasks\\[0\\].options.pairs'; allowed keys"),
-    ('tasks = [{ name = "mqar", options = { n_pairs = 0 } }]', "key 'tasks\\[0\\]' \\(task 'mqar'\\) at grid.seq_len 32: task 'mqar': n_pairs=0 is not allowed"),
-    ('tasks = ["mnist"]', "key 'tasks\\[0\\]' \\(task 'mnist'\\) at grid.seq_len 32: .*N = r x r.*\\[\\[only\\]\\] rule"),
+    ('tasks = [{ name = "mqar", options = { pairs = 2 } }]', "unknown key 'tasks.0..options.pairs'; allowed keys"),
+    ('tasks = [{ name = "mqar", options = { n_pairs = 0 } }]',
+     "key 'tasks.0.' .task 'mqar'. at grid.seq_len 32: task 'mqar': n_pairs=0 is not allowed"),
+    ('tasks = ["mnist"]', "key 'tasks.0.' .task 'mnist'. at grid.seq_len 32: .*N = r x r.*only.* rule"),
     ('train = { steps = -1 }', "key 'train': train: steps=-1 is not allowed"),
     ('train = { epochs = 3 }', "unknown key 'train.epochs'; allowed keys here: steps"),
-    ('model = { match_params = "nonesuch" }', "key 'model.match_params': value 'nonesuch' is not allowed; name a layer"),
+    ('model = { match_params = "nonesuch" }', "key 'model.match_params': value 'nonesuch' is not allowed"),
     ('model = { n_layers = 0 }', "key 'model.n_layers': value 0 is not allowed"),
 ])
 def test_training_suite_mistakes_name_the_key(change, message):

@@ -475,7 +475,8 @@ def _parse_tasks(check: _Checker, raw: Any) -> list[TaskEntry]:
     labels = [entry.label for entry in entries]
     repeated = sorted({label for label in labels if labels.count(label) > 1})
     if repeated:
-        raise SuiteError(f"{check.path}: key 'tasks': {repeated} listed more than once; give each entry its own 'label'")
+        raise SuiteError(f"{check.path}: key 'tasks': {repeated} listed more than once; give each entry its own "
+                         f"'label'")
     return entries
 
 
@@ -490,7 +491,8 @@ def _parse_model(check: _Checker, table: Any, entries: list[LayerEntry]) -> Mode
     if isinstance(target, str):
         by_label = {entry.label: entry for entry in entries}
         if target in by_label:
-            values |= {"match_layer": by_label[target].layer, "match_knobs": tuple(sorted(by_label[target].knobs.items()))}
+            entry = by_label[target]
+            values |= {"match_layer": entry.layer, "match_knobs": tuple(sorted(entry.knobs.items()))}
         elif target in layers.names():
             values["match_layer"] = target
         else:

@@ -115,7 +115,8 @@ def train_model(config: ModelConfig, data: TaskData, settings: TrainSettings, *,
             what = "loss" if not math.isfinite(losses[-1]) else "gradient norm"
             return _result(
                 "diverged", f"the training {what} became {losses[-1] if what == 'loss' else norm} at step {step + 1} "
-                f"(lr {settings.learning_rate(step):.3g})", params, cost, losses, train_time, data, batch_size, None, None,
+                f"(lr {settings.learning_rate(step):.3g})", params, cost, losses, train_time, data, batch_size,
+                None, None,
             )
         optimiser.step()
         last = step + 1 == settings.steps

@@ -76,7 +76,7 @@ def load_digits(options: SmallDigitsOptions, seq_len: int) -> TaskData:
 
 @dataclass(frozen=True)
 class ImageFolderOptions:
-    root: str = knob("", "the folder: CIFAR-10's python batches, train/ + val/ (or test/) class folders, or class folders")
+    root: str = knob("", "the folder: CIFAR-10 python batches, train/ + val/ (or test/), or class folders")
     test_fraction: float = knob(0.2, "held-out share per class when the folder has no split of its own")
     max_per_class: int = knob(0, "read at most this many images per class and split (0: all)")
     grayscale: bool = knob(False, "one channel instead of RGB")
