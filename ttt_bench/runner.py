@@ -1,5 +1,7 @@
 """Runs a suite's cells in isolated worker processes and appends their rows to a results folder.
 
+A cell is profiled (ttt_bench.profile.measure) or, in a suite with tasks, trained (ttt_bench.train_cell).
+
 One worker process per device measures cells one after another. An exception inside a cell comes back
 as a row with its status (measure_cell never raises); a worker that dies (a segfault, the kernel's
 out-of-memory killer) or gives no result within the cell's timeout is killed and replaced, and the
