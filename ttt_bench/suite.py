@@ -427,13 +427,9 @@ def _parse_layers(check: _Checker, raw: Any) -> list[LayerEntry]:
         check.keys(f"{key}.knobs.", knobs, tuple(k.name for k in layers.knobs(name)))
         if "d_model" in knobs or "n_heads" in knobs:
             raise SuiteError(f"{check.path}: key '{key}.knobs': d_model and n_heads are grid axes; set them in [grid]")
-        sweep = entry.get("sweep", {})
-        check.keys(f"{key}.sweep.", sweep, tuple(k.name for k in layers.knobs(name) if k.name not in knobs))
-        for knob, values in sweep.items():
-            check.list(f"{key}.sweep.{knob}", values, nonempty=True)
         label = entry.get("label")
-        for combination in itertools.product(*sweep.values()):
-            swept = dict(zip(sweep, combination))
+        sweep = entry.get("sweep", {})
+        for swept in _sweep(check, key, sweep, [k.name for k in layers.knobs(name) if k.name not in knobs]):
             settings = {**knobs, **swept}
             if label is not None:
                 variant_label = check.string(f"{key}.label", label)
@@ -441,12 +437,23 @@ def _parse_layers(check: _Checker, raw: Any) -> list[LayerEntry]:
             else:
                 variant_label = name + "".join(f"-{k}={v}" for k, v in sorted(settings.items()))
             entries.append(LayerEntry(variant_label, name, settings, key))
-    labels = [entry.label for entry in entries]
+    _check_unique_labels(check, "layers", [entry.label for entry in entries], "'label' or knobs")
+    return entries
+
+
+def _sweep(check: _Checker, key: str, sweep: Any, allowed: list[str]) -> list[dict]:
+    """An entry's 'sweep' table (name -> values), checked, as the list of its combinations."""
+    check.keys(f"{key}.sweep.", sweep, tuple(allowed))
+    for name, values in sweep.items():
+        check.list(f"{key}.sweep.{name}", values, nonempty=True)
+    return [dict(zip(sweep, combination)) for combination in itertools.product(*sweep.values())]
+
+
+def _check_unique_labels(check: _Checker, key: str, labels: list[str], remedy: str) -> None:
     repeated = sorted({label for label in labels if labels.count(label) > 1})
     if repeated:
-        raise SuiteError(f"{check.path}: key 'layers': {repeated} listed more than once; give each entry its own "
-                         f"'label' or knobs")
-    return entries
+        raise SuiteError(f"{check.path}: key {key!r}: {repeated} listed more than once; give each entry its own "
+                         f"{remedy}")
 
 
 def _parse_tasks(check: _Checker, raw: Any) -> list[TaskEntry]:
@@ -459,24 +466,16 @@ def _parse_tasks(check: _Checker, raw: Any) -> list[TaskEntry]:
         name = check.choice(f"{key}.name", entry.get("name"), tasks.task_names())
         options = entry.get("options", {})
         check.keys(f"{key}.options.", options, tuple(tasks.option_docs(name)))
-        sweep = entry.get("sweep", {})
-        check.keys(f"{key}.sweep.", sweep, tuple(o for o in tasks.option_docs(name) if o not in options))
-        for option, values in sweep.items():
-            check.list(f"{key}.sweep.{option}", values, nonempty=True)
         label = check.string(f"{key}.label", entry.get("label", name))
-        for combination in itertools.product(*sweep.values()):
-            swept = dict(zip(sweep, combination))
+        sweep = entry.get("sweep", {})
+        for swept in _sweep(check, key, sweep, [o for o in tasks.option_docs(name) if o not in options]):
             given = {**options, **swept}
             try:
                 tasks.task_options(name, given)
             except ConfigError as error:
                 raise SuiteError(f"{check.path}: key {key!r}: {error}") from None
             entries.append(TaskEntry(label + "".join(f"-{k}={v}" for k, v in swept.items()), name, given, key))
-    labels = [entry.label for entry in entries]
-    repeated = sorted({label for label in labels if labels.count(label) > 1})
-    if repeated:
-        raise SuiteError(f"{check.path}: key 'tasks': {repeated} listed more than once; give each entry its own "
-                         f"'label'")
+    _check_unique_labels(check, "tasks", [entry.label for entry in entries], "'label'")
     return entries
 
 
