@@ -103,20 +103,20 @@ def train_model(config: ModelConfig, data: TaskData, settings: TrainSettings, *,
         targets = data.train_targets[index].to(device)
         model.train()
         with _autocast(device, dtype):
-            loss = _loss(model(_cast(inputs, dtype)), targets)
+            loss = _cross_entropy(model(_cast(inputs, dtype)), targets, reduction="mean")
         optimiser.zero_grad(set_to_none=True)
         norm = 0.0
         if torch.isfinite(loss):
             loss.backward()
-            norm = _clip(model, settings.clip_norm)
+            # With no clipping (0), an infinite bound still returns the norm the divergence check needs.
+            norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), settings.clip_norm or math.inf))
         train_time += time.perf_counter() - start
         losses.append(float(loss.detach()))
         if not math.isfinite(losses[-1]) or not math.isfinite(norm):
             what = "loss" if not math.isfinite(losses[-1]) else "gradient norm"
             return _result(
                 "diverged", f"the training {what} became {losses[-1] if what == 'loss' else norm} at step {step + 1} "
-                f"(lr {settings.learning_rate(step):.3g})", params, cost, losses, train_time, data, batch_size,
-                None, None,
+                f"(lr {settings.learning_rate(step):.3g})", params, cost, losses, train_time, None, None,
             )
         optimiser.step()
         last = step + 1 == settings.steps
@@ -126,9 +126,9 @@ def train_model(config: ModelConfig, data: TaskData, settings: TrainSettings, *,
                 steps_to_target = step + 1
                 break
     if not math.isfinite(evaluation.loss):
-        return _result("diverged", f"the held-out loss is {evaluation.loss}", params, cost, losses, train_time, data,
-                       batch_size, None, None)
-    return _result("ok", "", params, cost, losses, train_time, data, batch_size, evaluation, steps_to_target)
+        return _result("diverged", f"the held-out loss is {evaluation.loss}", params, cost, losses, train_time,
+                       None, None)
+    return _result("ok", "", params, cost, losses, train_time, evaluation, steps_to_target)
 
 
 @torch.no_grad()
@@ -144,8 +144,7 @@ def evaluate(model: SequenceModel, data: TaskData, examples: int, batch_size: in
         batch_targets = targets[start : start + batch_size].to(device)
         with _autocast(device, dtype):
             logits = model(_cast(inputs[start : start + batch_size].to(device), dtype)).float()
-        losses = F.cross_entropy(logits.transpose(1, -1) if data.spec.per_token else logits, batch_targets,
-                                 ignore_index=IGNORE_INDEX, reduction="none")
+        losses = _cross_entropy(logits, batch_targets, reduction="none")
         mask = batch_targets != IGNORE_INDEX
         correct += int(((logits.argmax(dim=-1) == batch_targets) & mask).sum())
         scored += int(mask.sum())
@@ -160,17 +159,12 @@ def evaluate(model: SequenceModel, data: TaskData, examples: int, batch_size: in
     return Evaluation(correct / scored, total_loss / scored, by_position)
 
 
-def _loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    if logits.dim() == 3:  # per token: [B, N, V] against [B, N]
-        return F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX)
-    return F.cross_entropy(logits.float(), targets)
-
-
-def _clip(model: torch.nn.Module, clip_norm: float) -> float:
-    if clip_norm:
-        return float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm))
-    grads = [p.grad.detach().norm() for p in model.parameters() if p.grad is not None]
-    return float(torch.stack(grads).norm()) if grads else 0.0
+def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor, reduction: str) -> torch.Tensor:
+    """In nats, unscored positions left out: 'mean' over the scored predictions, or 'none': [B] for classes,
+    [B, N] per token ([B, N, V] logits), 0 where unscored."""
+    logits = logits.float()
+    logits = logits.transpose(1, 2) if logits.dim() == 3 else logits
+    return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction=reduction)
 
 
 def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -205,9 +199,9 @@ def _cast(inputs: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _result(status: str, message: str, params: int, cost: ModelCost, losses: list[float], train_time: float,
-            data: TaskData, batch_size: int, evaluation: Evaluation | None, steps_to_target: int | None) -> TrainResult:
+            evaluation: Evaluation | None, steps_to_target: int | None) -> TrainResult:
     tail = [loss for loss in losses[-max(1, len(losses) // 10):] if math.isfinite(loss)]
-    tokens = len(losses) * batch_size * data.spec.seq_len
+    tokens = len(losses) * cost.tokens
     return TrainResult(
         status=status, message=message, params=params, cost=cost, steps=len(losses),
         train_loss=sum(tail) / len(tail) if tail else math.nan, train_time_s=train_time,
