@@ -19,6 +19,7 @@ from torch import nn
 
 from ttt_bench import layers
 from ttt_bench.errors import ConfigError
+from ttt_bench.layers.base import check_integer
 
 PARAM_MATCH_TOLERANCE = 0.10  # matched models lie within 10% of the target count (the rule LRA and MAD use)
 
@@ -45,9 +46,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         for name in ("d_model", "n_heads", "n_layers", "mlp_hidden"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"model: {name}={value!r} is not allowed; it must be an integer >= 1")
+            check_integer("model", name, getattr(self, name), 1)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ttt_bench.errors import ConfigError
+from ttt_bench.layers.base import check_integer
 from ttt_bench.models import ModelConfig, ModelCost, SequenceModel, parameter_count
 from ttt_bench.tasks.base import IGNORE_INDEX, TaskData
 
@@ -40,9 +41,7 @@ class TrainSettings:
 
     def __post_init__(self) -> None:
         for name, minimum in (("steps", 1), ("warmup_steps", 0), ("eval_every", 0), ("eval_examples", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ConfigError(f"train: {name}={value!r} is not allowed; it must be an integer >= {minimum}")
+            check_integer("train", name, getattr(self, name), minimum)
         for name, low, high in (("lr", 0.0, math.inf), ("weight_decay", -1e-12, math.inf),
                                 ("min_lr_ratio", -1e-12, 1.0), ("clip_norm", -1e-12, math.inf),
                                 ("target_accuracy", -1e-12, 1.0)):

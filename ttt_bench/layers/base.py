@@ -31,6 +31,12 @@ def check_at_least(layer: str, field: str, value: Any, minimum: float) -> None:
         raise ConfigError(f"{layer}: {field}={value!r} is not allowed; it must be a number >= {minimum}")
 
 
+def check_integer(owner: str, field: str, value: Any, minimum: int) -> None:
+    """`owner` names what is being set up in the message: a layer, 'model', 'train', "task 'mqar'"."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{owner}: {field}={value!r} is not allowed; it must be an integer >= {minimum}")
+
+
 def check_positive(layer: str, field: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ConfigError(f"{layer}: {field}={value!r} is not allowed; it must be a number > 0")

@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from ttt_bench.errors import ConfigError
+from ttt_bench.layers.base import check_integer
 from ttt_bench.models import InputSpec
 
 IGNORE_INDEX = -100  # per-token targets at positions that are not scored
@@ -90,9 +91,8 @@ def option_docs(name: str) -> Mapping[str, tuple[Any, str]]:
     })
 
 
-def check_integer(task: str, field: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"task {task!r}: {field}={value!r} is not allowed; it must be an integer >= {minimum}")
+def check_integer_option(task: str, field: str, value: Any, minimum: int) -> None:
+    check_integer(f"task {task!r}", field, value, minimum)
 
 
 def split_generator() -> torch.Generator:

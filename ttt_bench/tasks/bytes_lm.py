@@ -22,7 +22,7 @@ import torch
 from ttt_bench.errors import ConfigError
 from ttt_bench.layers.base import knob
 from ttt_bench.models import InputSpec
-from ttt_bench.tasks.base import TaskData, check_integer, register_task, split_generator
+from ttt_bench.tasks.base import TaskData, check_integer_option, register_task, split_generator
 
 VOCAB = 256  # bytes
 HELD_OUT_ONE_IN = 10
@@ -34,9 +34,9 @@ class BytesLmOptions:
     test_windows: int = knob(256, "held-out windows of N + 1 bytes to evaluate on")
 
     def check(self, seq_len: int) -> None:
-        check_integer("bytes-lm", "seq_len", seq_len, 2)
-        check_integer("bytes-lm", "train_bytes", self.train_bytes, 2 * (seq_len + 1))
-        check_integer("bytes-lm", "test_windows", self.test_windows, 1)
+        check_integer_option("bytes-lm", "seq_len", seq_len, 2)
+        check_integer_option("bytes-lm", "train_bytes", self.train_bytes, 2 * (seq_len + 1))
+        check_integer_option("bytes-lm", "test_windows", self.test_windows, 1)
 
 
 @register_task("bytes-lm", BytesLmOptions, needs_causal=True,

@@ -19,7 +19,7 @@ import torch
 from ttt_bench.errors import ConfigError
 from ttt_bench.layers.base import knob
 from ttt_bench.models import InputSpec
-from ttt_bench.tasks.base import IGNORE_INDEX, TaskData, check_integer, register_task, split_generator
+from ttt_bench.tasks.base import IGNORE_INDEX, TaskData, check_integer_option, register_task, split_generator
 
 
 @dataclass(frozen=True)
@@ -31,8 +31,8 @@ class MqarOptions:
 
     def check(self, seq_len: int) -> None:
         for field, minimum in (("n_pairs", 1), ("train_examples", 1), ("test_examples", 1)):
-            check_integer("mqar", field, getattr(self, field), minimum)
-        check_integer("mqar", "vocab_size", self.vocab_size, 2 * self.n_pairs + 2)
+            check_integer_option("mqar", field, getattr(self, field), minimum)
+        check_integer_option("mqar", "vocab_size", self.vocab_size, 2 * self.n_pairs + 2)
         if seq_len < 4 * self.n_pairs:
             raise ConfigError(f"task 'mqar': seq_len={seq_len} is not allowed with n_pairs={self.n_pairs}; the pairs "
                               f"and their queries take 4 x n_pairs = {4 * self.n_pairs} tokens")

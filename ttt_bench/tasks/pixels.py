@@ -19,7 +19,7 @@ import torch
 from ttt_bench.errors import ConfigError
 from ttt_bench.layers.base import knob
 from ttt_bench.models import InputSpec
-from ttt_bench.tasks.base import TaskData, check_integer, register_task, split_generator
+from ttt_bench.tasks.base import TaskData, check_integer_option, register_task, split_generator
 from ttt_bench.tasks.image_folder import read_image_folder, resize
 
 
@@ -39,8 +39,8 @@ class DigitsOptions:
 
     def check(self, seq_len: int, task: str = "mnist", total: int = 5000) -> None:
         resolution(task, seq_len)
-        check_integer(task, "test_examples", self.test_examples, 1)
-        check_integer(task, "train_examples", self.train_examples, 0)
+        check_integer_option(task, "test_examples", self.test_examples, 1)
+        check_integer_option(task, "train_examples", self.train_examples, 0)
         if self.test_examples + max(self.train_examples, 1) > total:
             raise ConfigError(f"task {task!r}: test_examples + train_examples = "
                               f"{self.test_examples + self.train_examples} is not allowed; the data set has {total}")
@@ -88,7 +88,7 @@ class ImageFolderOptions:
         if not 0.0 < self.test_fraction < 1.0:
             raise ConfigError(f"task 'image-folder': test_fraction={self.test_fraction!r} is not allowed; "
                               f"it must lie strictly between 0 and 1")
-        check_integer("image-folder", "max_per_class", self.max_per_class, 0)
+        check_integer_option("image-folder", "max_per_class", self.max_per_class, 0)
 
 
 @register_task("image-folder", ImageFolderOptions, needs_causal=False,
