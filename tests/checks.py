@@ -1,7 +1,10 @@
-"""Shared checks: a fast form against its reference on outputs, final state and every gradient."""
+"""Shared checks: a fast form against its reference on outputs, final state and every gradient; and
+suite files written for a test."""
 
 from __future__ import annotations
 
+import textwrap
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -84,3 +87,10 @@ def nan_filled_empty(monkeypatch) -> None:
 
     monkeypatch.setattr(torch, "empty", empty)
     monkeypatch.setattr(torch, "empty_like", empty_like)
+
+
+def write_suite(folder: Path, text: str, name: str = "suite.toml") -> Path:
+    """`text` (indented as in the test's source) as a suite file in `folder`."""
+    path = folder / name
+    path.write_text(textwrap.dedent(text))
+    return path

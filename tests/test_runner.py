@@ -4,7 +4,6 @@ an out-of-memory cell), resuming after kill -9, --retry-failed, the run lock, pr
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import pandas as pd
@@ -15,6 +14,7 @@ from ttt_bench.cli import main
 from ttt_bench.results import ResultStore, load_results
 from ttt_bench.runner import run_suite
 from ttt_bench.suite import load_suite
+from checks import write_suite
 
 FAST_MEASURE = """
 [measure]
@@ -26,17 +26,11 @@ count_flops_max_seq_len = 32
 """
 
 
-def suite_file(tmp_path, text, name="suite.toml"):
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(text))
-    return path
-
-
 @pytest.fixture(scope="module")
 def faulty_run(tmp_path_factory):
     """One sweep with a good layer around four that fail in different ways."""
     tmp_path = tmp_path_factory.mktemp("faulty")
-    path = suite_file(tmp_path, """
+    path = write_suite(tmp_path, """
         name = "faulty"
         imports = ["faulty_layers"]
         layers = ["linear-attention-causal", "faulty-raises", "faulty-segfaults", "faulty-hangs",
@@ -102,7 +96,7 @@ def test_rerun_skips_finished_cells_and_retry_failed_reruns_only_failures(faulty
     assert summary.ran == 0 and summary.already_done == 10 and store.modification_times() == before
 
     # Retry only the cheap failures: without the hang and the segfault (and with their cells gone from the grid).
-    retry_path = suite_file(tmp_path, path.read_text().replace('"faulty-segfaults", "faulty-hangs",', ""))
+    retry_path = write_suite(tmp_path, path.read_text().replace('"faulty-segfaults", "faulty-hangs",', ""))
     summary = run_suite(load_suite(retry_path), out, retry_failed=True, show_progress=False)
     after = store.modification_times()
     statuses = store.statuses()
@@ -114,7 +108,7 @@ def test_rerun_skips_finished_cells_and_retry_failed_reruns_only_failures(faulty
 
 
 def test_a_second_run_into_the_same_folder_is_refused(tmp_path, capsys):
-    path = suite_file(tmp_path, """
+    path = write_suite(tmp_path, """
         layers = ["linear-attention-causal"]
         [grid]
         seq_len = [16]
@@ -130,7 +124,7 @@ def test_a_second_run_into_the_same_folder_is_refused(tmp_path, capsys):
 
 
 def test_kill_9_then_rerun_leaves_every_cell_once_and_loses_nothing(tmp_path):
-    path = suite_file(tmp_path, """
+    path = write_suite(tmp_path, """
         layers = ["linear-attention-causal", "fast-weights"]
         [grid]
         seq_len = [32, 64, 96, 128, 160, 192]
@@ -166,7 +160,7 @@ def test_kill_9_then_rerun_leaves_every_cell_once_and_loses_nothing(tmp_path):
 
 
 def test_progress_lines_and_dry_run(tmp_path, capsys):
-    path = suite_file(tmp_path, """
+    path = write_suite(tmp_path, """
         layers = ["linear-attention-causal", "attention-naive-causal"]
         [grid]
         seq_len = [16, 64]
@@ -210,7 +204,7 @@ def test_ls_lists_the_shipped_suites(capsys):
 def test_an_unavailable_device_is_refused_before_anything_is_written(tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA device")
-    path = suite_file(tmp_path, """
+    path = write_suite(tmp_path, """
         layers = ["linear-attention"]
         [grid]
         seq_len = [16]

@@ -2,7 +2,6 @@
 SuiteError naming the file, the key, the value and what is allowed; a bad file makes the CLI write nothing."""
 
 import string
-import textwrap
 import tomllib
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from hypothesis import strategies as st
 
 from ttt_bench.cli import main
 from ttt_bench.suite import SuiteError, load_suite, shipped_suites
+from checks import write_suite
 
 SUITES = Path(__file__).resolve().parents[1] / "suites"
 
@@ -25,14 +25,8 @@ n_heads = [1, 2]
 """
 
 
-def write(tmp_path, text, name="suite.toml"):
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(text))
-    return path
-
-
 def test_grid_is_the_product_of_variants_and_axes(tmp_path):
-    suite = load_suite(write(tmp_path, VALID))
+    suite = load_suite(write_suite(tmp_path, VALID))
     cells = suite.cells()
     assert len(cells) == 2 * 3 * 2
     assert [c.variant for c in cells[:6]] == ["linear-attention-causal"] * 6
@@ -44,15 +38,15 @@ def test_grid_is_the_product_of_variants_and_axes(tmp_path):
 
 
 def test_config_hash_follows_what_is_measured_and_not_the_timeout(tmp_path):
-    base = load_suite(write(tmp_path, VALID)).cells()[0].config_hash
-    assert load_suite(write(tmp_path, VALID)).cells()[0].config_hash == base
-    timeout = load_suite(write(tmp_path, VALID + "[measure]\ntimeout_s = 5\n")).cells()[0].config_hash
-    repeats = load_suite(write(tmp_path, VALID + "[measure]\nrepeats = 7\n")).cells()[0].config_hash
+    base = load_suite(write_suite(tmp_path, VALID)).cells()[0].config_hash
+    assert load_suite(write_suite(tmp_path, VALID)).cells()[0].config_hash == base
+    timeout = load_suite(write_suite(tmp_path, VALID + "[measure]\ntimeout_s = 5\n")).cells()[0].config_hash
+    repeats = load_suite(write_suite(tmp_path, VALID + "[measure]\nrepeats = 7\n")).cells()[0].config_hash
     assert timeout == base and repeats != base
 
 
 def test_globs_sweeps_and_labels(tmp_path):
-    suite = load_suite(write(tmp_path, """
+    suite = load_suite(write_suite(tmp_path, """
         layers = ["attention-sdpa*", { name = "ttt-linear", sweep = { mini_batch = [4, 8] } }]
         [grid]
         seq_len = 32
@@ -64,7 +58,7 @@ def test_globs_sweeps_and_labels(tmp_path):
 
 
 def test_exclude_and_only_rules(tmp_path):
-    suite = load_suite(write(tmp_path, VALID + """
+    suite = load_suite(write_suite(tmp_path, VALID + """
         [[exclude]]
         layer = "linear-*"
         seq_len = { gt = 64 }
@@ -117,7 +111,7 @@ def test_exclude_and_only_rules(tmp_path):
     ],
 )
 def test_mistakes_name_the_file_the_key_and_what_is_allowed(tmp_path, text, names):
-    path = write(tmp_path, text)
+    path = write_suite(tmp_path, text)
     with pytest.raises(SuiteError) as error:
         load_suite(path)
     message = str(error.value)
@@ -127,7 +121,7 @@ def test_mistakes_name_the_file_the_key_and_what_is_allowed(tmp_path, text, name
 
 
 def test_cli_prints_the_error_exits_2_and_writes_nothing(tmp_path, capsys):
-    path = write(tmp_path, 'layers = ["attenshun"]\n[grid]\nseq_len = [8]')
+    path = write_suite(tmp_path, 'layers = ["attenshun"]\n[grid]\nseq_len = [8]')
     out = tmp_path / "results"
     assert main(["run", str(path), "--out", str(out)]) == 2
     err = capsys.readouterr().err

@@ -9,6 +9,7 @@ from ttt_bench.cli import main
 from ttt_bench.results import load_results
 from ttt_bench.runner import run_suite
 from ttt_bench.suite import SuiteError, load_suite, parse_suite, shipped_suites
+from checks import write_suite
 
 TINY = """
     name = "tiny-training"
@@ -49,12 +50,6 @@ TINY = """
 """
 
 
-def write(tmp_path, text, name="suite.toml"):
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(text))
-    return path
-
-
 def parse(text, path="s.toml"):
     import tomllib
     from pathlib import Path
@@ -65,7 +60,7 @@ def parse(text, path="s.toml"):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("training")
-    path = write(tmp_path, TINY)
+    path = write_suite(tmp_path, TINY)
     out = tmp_path / "out"
     summary = run_suite(load_suite(path), out, show_progress=False)
     return path, out, summary, load_results(out)
@@ -112,7 +107,7 @@ def test_per_token_tasks_add_loss_by_position_rows(tiny_run):
 def test_rerun_trains_nothing_and_profiling_rows_join_in_one_frame(tiny_run, tmp_path):
     path, out, _, frame = tiny_run
     assert run_suite(load_suite(path), out, show_progress=False).ran == 0
-    profile = write(tmp_path, """
+    profile = write_suite(tmp_path, """
         layers = ["linear-attention-causal"]
         [grid]
         seq_len = 16
@@ -200,7 +195,7 @@ def test_cli_lists_tasks_and_refuses_an_oom_search_of_a_training_suite(tmp_path,
     assert main(["ls", "--knobs"]) == 0
     listed = capsys.readouterr().out
     assert "mqar" in listed and "n_pairs = 8" in listed and "accuracy-quick" in listed and "training cells" in listed
-    path = write(tmp_path, 'layers = ["ttt-linear"]\ntasks = ["digits"]\n[grid]\nseq_len = 16\n')
+    path = write_suite(tmp_path, 'layers = ["ttt-linear"]\ntasks = ["digits"]\n[grid]\nseq_len = 16\n')
     assert main(["oom", str(path), "--out", str(tmp_path / "out")]) == 2
     assert "this suite trains models" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
