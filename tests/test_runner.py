@@ -88,6 +88,17 @@ def test_rows_are_tidy_with_config_hash_units_and_environment(faulty_run):
     assert (out / "env.json").exists() and "faulty-raises" in (out / "suite.toml").read_text()
 
 
+def test_rows_carry_the_memory_budget_and_the_measured_matmul_ceiling(faulty_run):
+    _, out, _ = faulty_run
+    frame = load_results(out)
+    assert (frame.dropna(subset=["macs"]).memory_budget_bytes == int(0.01 * 2**30)).all()
+    ok = frame[frame.status == "ok"]
+    # Measured once per worker, dtype and thread count (a crash replaces the worker, which measures again),
+    # not once per cell.
+    assert (ok.matmul_tflops_per_s > 0).all() and ok.matmul_tflops_per_s.nunique() < ok.config_hash.nunique()
+    assert frame[frame.status != "ok"].matmul_tflops_per_s.isna().all()
+
+
 def test_rerun_skips_finished_cells_and_retry_failed_reruns_only_failures(faulty_run, tmp_path):
     path, out, _ = faulty_run
     store = ResultStore(out)

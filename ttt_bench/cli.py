@@ -1,4 +1,5 @@
-"""`ttt-bench` command line: run a suite, find the out-of-memory frontier, list layers, tasks and suites.
+"""`ttt-bench` command line: run a suite, find the out-of-memory frontier, report on results, compare two result
+sets, list layers, tasks and suites.
 
 User errors (a bad suite file, an unknown layer, a locked results folder) print one line without a
 traceback and exit 2, having written nothing.
@@ -112,6 +113,20 @@ def _oom(args: argparse.Namespace) -> None:
     print(f"\nfrontier table: {out}/oom_frontier.csv; probes: {out}/cells/")
 
 
+def _report(args: argparse.Namespace) -> None:
+    from ttt_bench.report.build import ReportOptions, build_report, default_report_name
+
+    out = args.out or Path("reports") / default_report_name(args.results)
+    page = build_report(args.results, out, ReportOptions(reference=args.reference, peak_tflops=args.peak_tflops))
+    print(f"report: {page} (self-contained), {out / 'report.md'}, figures in {out / 'figures'}/")
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from ttt_bench.report.compare import parse_thresholds, run_compare
+
+    return run_compare(args.a, args.b, parse_thresholds(args.threshold), args.metric or None, args.out)
+
+
 def _positive(kind):
     def parse(text: str):
         value = kind(text)
@@ -155,20 +170,39 @@ def build_parser() -> argparse.ArgumentParser:
     oom.add_argument("--device", help="search on this device ('cpu', 'cuda', 'cuda:<i>') instead of grid.device")
     oom.add_argument("--quiet", action="store_true", help="no progress display")
     oom.set_defaults(handler=_oom)
+
+    report = commands.add_parser("report", help="figures, report.md and a self-contained report.html from results")
+    report.add_argument("results", nargs="+", type=Path, help="results folders (their rows are reported together)")
+    report.add_argument("--out", type=Path, help="report folder (default reports/<device>-<suite>)")
+    report.add_argument("--reference", help="the softmax-attention variant for the crossover (default: the first of "
+                                            "attention-sdpa-causal, attention-sdpa, attention-naive-causal, ...)")
+    report.add_argument("--peak-tflops", type=_positive(float),
+                        help="a peak TFLOP/s to draw on the throughput figure (GPUs in the datasheet table get theirs)")
+    report.set_defaults(handler=_report)
+
+    compare = commands.add_parser("compare", help="two result sets side by side; exit 1 on a regression")
+    compare.add_argument("a", type=Path, help="the baseline results folder")
+    compare.add_argument("b", type=Path, help="the results folder compared with it")
+    compare.add_argument("--threshold", action="append", default=[], metavar="[METRIC=]FRACTION",
+                         help="relative change beyond which a metric counts (default 0.1); repeat to set one metric, "
+                              "e.g. --threshold 0.05 --threshold time_ms=0.5")
+    compare.add_argument("--metric", action="append", help="compare only this metric (repeatable)")
+    compare.add_argument("--out", type=Path, help="also write the comparison (markdown) here")
+    compare.set_defaults(handler=_compare)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.handler(args)
+        code = args.handler(args)
     except (ConfigError, UnknownLayerError) as err:
         print(f"ttt-bench: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ttt-bench: interrupted; finished cells are kept, rerun the same command to go on", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

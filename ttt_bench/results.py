@@ -29,7 +29,7 @@ from ttt_bench.train_cell import TRAIN_METRIC_COLUMNS
 
 FAILED_STATUSES = ("error", "oom", "timeout")
 NUMERIC_COLUMNS = (*TIDY_METRIC_COLUMNS, *TRAIN_METRIC_COLUMNS, "state_numel", "final_state_macs", "nvml_used_bytes",
-                   "wall_s")
+                   "wall_s", "memory_budget_bytes", "matmul_tflops_per_s")
 
 
 class RunLockedError(ConfigError):

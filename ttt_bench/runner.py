@@ -25,7 +25,8 @@ from typing import Protocol
 import torch
 
 from ttt_bench.profile.env import environment
-from ttt_bench.profile.measure import measure_cell, tidy_rows
+from ttt_bench.profile.matmul_peak import matmul_tflops_per_s
+from ttt_bench.profile.measure import DTYPES, measure_cell, tidy_rows
 from ttt_bench.profile.memory import available_memory_bytes
 from ttt_bench.progress import Progress
 from ttt_bench.results import FAILED_STATUSES, ResultStore
@@ -233,6 +234,7 @@ def _worker_main(connection: Connection) -> None:
 
 
 _ENVIRONMENTS: dict[tuple[str, int], dict[str, object]] = {}
+_MATMUL_PEAKS: dict[tuple[str, str, int], float] = {}
 
 
 def measure_planned_cell(cell: PlannedCell) -> list[dict[str, object]]:
@@ -253,15 +255,27 @@ def measure_planned_cell(cell: PlannedCell) -> list[dict[str, object]]:
 
 def _profile_rows(cell: PlannedCell) -> list[dict[str, object]]:
     counts_flops = cell.cell.seq_len <= cell.settings.count_flops_max_seq_len
+    budget = memory_budget_bytes(cell)
     row = measure_cell(
         cell.cell,
         cell.settings.timing_budget(),
-        memory_budget_bytes=memory_budget_bytes(cell),
+        memory_budget_bytes=budget,
         metrics=tuple(m for m in cell.metrics if m != "flops" or counts_flops),
         passes=cell.passes,
         skip_reason=cell.skip_reason,
     )
+    row["memory_budget_bytes"] = budget
+    if "time" in cell.metrics and row["status"] == "ok":
+        row["matmul_tflops_per_s"] = _matmul_peak(cell.cell.device, cell.cell.dtype)
     return tidy_rows(row, cell.passes)
+
+
+def _matmul_peak(device: str, dtype: str) -> float:
+    """Measured once per worker, device, dtype and thread count: the ceiling the cells' TFLOP/s is read against."""
+    key = (device, dtype, torch.get_num_threads())
+    if key not in _MATMUL_PEAKS:
+        _MATMUL_PEAKS[key] = matmul_tflops_per_s(device, DTYPES[dtype])
+    return _MATMUL_PEAKS[key]
 
 
 def failure_rows(cell: PlannedCell, status: str, message: str, started: str) -> list[dict[str, object]]:

@@ -1,0 +1,83 @@
+"""report.md and report.html from one outline: a header (environment, suites), then sections, each with a
+caption, its figures and its tables. The HTML is one self-contained file: styles inline, figures embedded as
+base64 PNG, no link to anything outside it, so it opens offline and can be mailed or attached.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from ttt_bench.report.tables import html_table, markdown_table
+
+FIGURES_DIR = "figures"
+_STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0 1.5em; }
+th, td { border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: right; }
+th { background: #f3f3f3; }
+td:first-child, th:first-child { text-align: left; }
+img { max-width: 100%; border: 1px solid #eee; }
+pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
+.caption { color: #444; }
+"""
+
+
+@dataclass
+class Table:
+    title: str
+    frame: pd.DataFrame  # already shown: formatted strings under labelled headings (tables.shown)
+
+
+@dataclass
+class Section:
+    title: str
+    caption: str
+    figures: list[str] = field(default_factory=list)  # stems under figures/ (a .png and an .svg each)
+    tables: list[Table] = field(default_factory=list)
+
+
+@dataclass
+class Document:
+    title: str
+    facts: list[tuple[str, str]]  # the environment header
+    suites: list[tuple[str, str]]  # (name, the suite file's text)
+    sections: list[Section]
+
+
+def write_markdown(document: Document, path: Path) -> None:
+    lines = [f"# {document.title}", "", "| environment | |", "|---|---|"]
+    lines += [f"| {key} | {value} |" for key, value in document.facts]
+    for name, text in document.suites:
+        lines += ["", f"Suite `{name}`:", "", "```toml", text.rstrip(), "```"]
+    for section in document.sections:
+        lines += ["", f"## {section.title}", "", section.caption, ""]
+        lines += [f"![{section.title}]({FIGURES_DIR}/{stem}.png)\n" for stem in section.figures]
+        for table in section.tables:
+            lines += [f"**{table.title}**", "", markdown_table(table.frame), ""]
+    path.write_text("\n".join(lines).rstrip() + "\n")
+
+
+def write_html(document: Document, path: Path) -> None:
+    figures = path.parent / FIGURES_DIR
+    parts = [f"<h1>{html.escape(document.title)}</h1>", "<table>"]
+    parts += [f"<tr><th>{html.escape(key)}</th><td>{html.escape(value)}</td></tr>" for key, value in document.facts]
+    parts.append("</table>")
+    for name, text in document.suites:
+        parts.append(f"<details><summary>Suite <code>{html.escape(name)}</code></summary>"
+                     f"<pre>{html.escape(text)}</pre></details>")
+    for section in document.sections:
+        parts += [f"<h2>{html.escape(section.title)}</h2>", f"<p class=\"caption\">{html.escape(section.caption)}</p>"]
+        for stem in section.figures:
+            data = base64.b64encode((figures / f"{stem}.png").read_bytes()).decode("ascii")
+            parts.append(f"<p><img alt=\"{html.escape(section.title)}\" src=\"data:image/png;base64,{data}\"></p>")
+        for table in section.tables:
+            parts += [f"<h3>{html.escape(table.title)}</h3>", html_table(table.frame)]
+    page = (f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            f"<title>{html.escape(document.title)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
+            + "\n".join(parts) + "\n</body>\n</html>\n")
+    path.write_text(page)

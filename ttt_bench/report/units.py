@@ -1,0 +1,83 @@
+"""What each result column means on a page: its label with the unit, the scale from the stored unit to the
+shown one, and which direction is better. Reports, tables and comparisons all read their labels here, so a
+number never appears without its unit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MiB = 2**20
+
+
+@dataclass(frozen=True)
+class Metric:
+    column: str  # as stored in the results
+    label: str  # as shown, ending with the unit in parentheses
+    scale: float = 1.0  # shown = stored * scale
+    better: str = "lower"  # 'lower' or 'higher'
+    deterministic: bool = False  # the same code and config give the same value on any run (no timer in it)
+
+    def shown(self, value: float) -> float:
+        return value * self.scale
+
+
+METRICS = {metric.column: metric for metric in (
+    Metric("time_ms", "time (ms)"),
+    Metric("time_p20_ms", "time p20 (ms)"),
+    Metric("time_p80_ms", "time p80 (ms)"),
+    Metric("peak_bytes", "peak tracked memory (MiB)", scale=1 / MiB, deterministic=True),
+    Metric("cuda_peak_bytes", "CUDA peak memory (MiB)", scale=1 / MiB),
+    Metric("flops", "FLOPs per call (FLOPs)", deterministic=True),
+    Metric("macs", "MACs per call (MACs)", deterministic=True),
+    Metric("tokens_per_s", "throughput (tokens/s)", better="higher"),
+    Metric("tflops_per_s", "achieved (TFLOP/s)", better="higher"),
+    Metric("accuracy", "accuracy (fraction correct)", better="higher", deterministic=True),
+    Metric("eval_loss_nats", "held-out loss (nats/token)", deterministic=True),
+    Metric("train_loss_nats", "training loss (nats/token)", deterministic=True),
+    Metric("train_time_s", "training time (s)"),
+    Metric("params", "parameters (count)", deterministic=True),
+    Metric("flops_per_token", "forward FLOPs per token (FLOPs)", deterministic=True),
+    Metric("train_flops", "training FLOPs (FLOPs)", deterministic=True),
+)}
+
+# Columns that name a cell rather than measure it; shown as they are.
+IDENTITY_LABELS = {
+    "variant": "variant", "layer": "layer", "measurement": "measurement", "status": "status", "message": "message",
+    "task": "task", "dtype": "dtype", "device": "device", "seed": "seed", "knobs": "knobs",
+}
+# Numeric configuration columns, with their units.
+CONFIG_LABELS = {
+    "seq_len": "N (tokens)", "batch": "batch (sequences)", "d_model": "width D (features)",
+    "n_heads": "heads (count)", "position": "position (token index)", "n_layers": "layers (count)",
+    "match_params": "parameters matched to (layer or count)", "task_options": "task options",
+    "train_settings": "training settings",
+}
+# Columns the report derives from the results.
+DERIVED_LABELS = {
+    "time_exponent": "time exponent (a in N^a)", "memory_exponent": "memory exponent (a in N^a)",
+    "faster_from_seq_len": "faster from N (tokens)", "lighter_from_seq_len": "lighter from N (tokens)",
+    "compared_at_seq_len": "largest N both ran (tokens)",
+    "time_ratio": "time ratio there (variant / attention, x)",
+    "memory_ratio": "memory ratio there (variant / attention, x)",
+    "budget_bytes": "memory budget (MiB)", "max_seq_len": "largest N that fit (tokens)",
+    "first_failing_seq_len": "first N out of memory (tokens)",
+    "predicted_max_seq_len": "predicted largest N at the budget (tokens)", "searched": "bisected",
+    "accuracy_mean": "accuracy mean (fraction correct)", "accuracy_sd": "accuracy sd (fraction correct)",
+    "seeds": "seeds (count)", "pareto": "on the Pareto front",
+    "achieved_tflops_per_s": "achieved (TFLOP/s)", "position_end": "bin end (token index)",
+    "matmul_tflops_per_s": "dense matmul here (TFLOP/s)",
+}
+DERIVED_SCALES = {"budget_bytes": 1 / MiB}
+
+
+def label(column: str) -> str:
+    """The column's heading: with its unit for anything measured or counted."""
+    if column in METRICS:
+        return METRICS[column].label
+    return CONFIG_LABELS.get(column) or DERIVED_LABELS.get(column) or IDENTITY_LABELS.get(column) or column
+
+
+def scale(column: str) -> float:
+    """Stored unit -> shown unit (bytes are shown in MiB)."""
+    return METRICS[column].scale if column in METRICS else DERIVED_SCALES.get(column, 1.0)
