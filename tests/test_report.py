@@ -18,6 +18,7 @@ from report_fixture import BUDGET_BYTES, MESSAGES, SEQ_LENS, write_fixture_resul
 from ttt_bench.cli import main
 from ttt_bench.report import frames, frontier, pareto, scaling
 from ttt_bench.report.build import ReportOptions, build_report, device_slug
+from ttt_bench.report.figures import variant_palette
 from ttt_bench.report.peaks import datasheet_tflops
 from ttt_bench.report.tables import MISSING, format_number
 from ttt_bench.results import load_results
@@ -244,3 +245,10 @@ def test_number_formatting():
     assert format_number(11322.4) == "11,322"
     assert format_number(6.6571993088e10) == "6.657e+10"
     assert format_number(float("nan")) == MISSING
+
+
+def test_a_registered_layer_keeps_its_colour_in_every_report():
+    alone = variant_palette(["ttt-linear"])
+    crowded = variant_palette(["attention-sdpa-causal", "my-sweep-label", "ttt-linear", "delta-rule"])
+    assert alone["ttt-linear"] == crowded["ttt-linear"]
+    assert len(set(crowded.values())) == 4  # a label takes a colour no registered layer here has

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from PIL import Image
 
+from ttt_bench import layers
 from ttt_bench.report.units import METRICS, label
 
 PNG_DPI = 300
@@ -29,14 +30,17 @@ _SVG_METADATA = {"Date": None, "Creator": None}
 
 
 def variant_palette(variants) -> dict[str, tuple]:
-    """A colour per variant: tab10 for up to ten, else tab20's strong shades before its pale ones, so that
-    neighbours in the legend differ in hue."""
-    names = list(dict.fromkeys(variants))
-    if len(names) <= 10:
-        return dict(zip(names, sns.color_palette("tab10", len(names))))
+    """A colour per variant, the same in every report: a registered layer keeps the colour of its place in the
+    registry (tab20's strong shades first, then its pale ones); other variants (labels, sweeps) take the colours
+    left, in order of appearance."""
     tab20 = sns.color_palette("tab20", 20)
     colours = tab20[0::2] + tab20[1::2]
-    return {name: colours[index % 20] for index, name in enumerate(names)}
+    registered = {name: index for index, name in enumerate(layers.names())}
+    palette = {name: colours[registered[name] % 20] for name in dict.fromkeys(variants) if name in registered}
+    free = [colour for colour in colours if colour not in palette.values()] or colours
+    for index, name in enumerate(name for name in dict.fromkeys(variants) if name not in palette):
+        palette[name] = free[index % len(free)]
+    return palette
 
 
 def save_figure(figure: Figure, folder: Path, stem: str) -> list[Path]:
@@ -88,11 +92,12 @@ def accuracy_vs_flops(points: pd.DataFrame, palette: dict) -> Figure:
 
 def _log_axis_with_readable_ticks(ax, values: pd.Series) -> None:
     """A log x axis; when the values span less than a decade (FLOPs of similar models often do), ticks at
-    every half step of the leading digit, written in engineering notation (250k, 300k), so they never collide."""
+    every step (or half step, within a factor 2.5) of the leading digit, in engineering notation (250k, 300k)."""
     ax.set_xscale("log")
     low, high = float(values.min()), float(values.max())
     if low > 0 and high / low < 10:
-        ax.xaxis.set_major_locator(ticker.LogLocator(subs=np.arange(1.0, 10.0, 0.5)))
+        step = 0.5 if high / low < 2.5 else 1.0
+        ax.xaxis.set_major_locator(ticker.LogLocator(subs=np.arange(1.0, 10.0, step)))
         ax.xaxis.set_major_formatter(ticker.EngFormatter(sep=""))
         ax.xaxis.set_minor_formatter(ticker.NullFormatter())
 
