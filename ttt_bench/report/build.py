@@ -194,10 +194,8 @@ def _throughput_section(writer, points, rows, setting, suffix, options: ReportOp
     caption = (f"Achieved throughput (TFLOP/s = 10^12 FLOPs per second): the layer's analytic FLOPs (causal "
                f"attention counted dense, masked half included, so a kernel that skips it can exceed the matmul "
                f"line) over its median time, against sequence length N (tokens). Horizontal lines: {lines}.")
-    table = points[points["status"] == "ok"][["variant", "measurement", "seq_len"]].copy()
-    table["achieved_tflops_per_s"] = points["flops"] / (points["time_ms"] * 1e-3) / 1e12
-    table = table.pivot_table(index="variant", columns=["measurement", "seq_len"], values="achieved_tflops_per_s")
-    best = table.max(axis=1).rename("achieved_tflops_per_s").reset_index()
+    ok = points[points["status"] == "ok"]
+    best = frames.achieved_tflops_per_s(ok).groupby(ok["variant"]).max().rename("achieved_tflops_per_s").reset_index()
     return Section(title, caption, [stem], [Table("Best achieved TFLOP/s per variant over N and passes",
                                                   shown(best))])
 

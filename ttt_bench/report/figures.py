@@ -19,6 +19,7 @@ from matplotlib.lines import Line2D
 from PIL import Image
 
 from ttt_bench import layers
+from ttt_bench.report.frames import achieved_tflops_per_s
 from ttt_bench.report.units import METRICS, label
 
 PNG_DPI = 300
@@ -211,8 +212,8 @@ def throughput(points: pd.DataFrame, palette: dict, title: str, ceilings: dict[s
     for ax, measurement in zip(axes, measurements):
         rows = points[(points["measurement"] == measurement) & (points["status"] == "ok")]
         for variant, group in rows.groupby("variant", sort=False):
-            achieved = group["flops"] / (group["time_ms"] * 1e-3) / 1e12
-            ax.plot(group["seq_len"], achieved, marker="o", markersize=4, color=palette[variant], label=variant)
+            ax.plot(group["seq_len"], achieved_tflops_per_s(group), marker="o", markersize=4, color=palette[variant],
+                    label=variant)
         for (name, tflops), style in zip(ceilings.items(), ("-", "--")):
             ax.axhline(tflops, color="black", linestyle=style, linewidth=1)
             ax.annotate(f"{name}: {tflops:.3g} TFLOP/s", (0.01, tflops), xycoords=("axes fraction", "data"),

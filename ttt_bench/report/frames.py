@@ -70,6 +70,11 @@ def scaling_points(profile: pd.DataFrame) -> pd.DataFrame:
     return points.reset_index().sort_values(keys).reset_index(drop=True)
 
 
+def achieved_tflops_per_s(points: pd.DataFrame) -> pd.Series:
+    """The analytic FLOPs of a point over its median time, in TFLOP/s (NaN without a time)."""
+    return points["flops"] / (points["time_ms"] * 1e-3) / 1e12
+
+
 def failed_cells(frame: pd.DataFrame) -> pd.DataFrame:
     """Every cell that did not end 'ok', once per cell and measurement kind, with its status and message."""
     if frame.empty:
