@@ -14,8 +14,10 @@ from ttt_bench.report.compare import (
     Change, compare_results, format_comparison, markdown_table, parse_thresholds, run_compare,
 )
 from ttt_bench.results import ResultStore, load_results
+from ttt_bench.runner import run_suite
+from ttt_bench.suite import load_suite
+from checks import write_suite
 
-QUICK_RESULTS = Path(__file__).parents[1] / "results" / "quick"
 ENVIRONMENT = {"git_commit": "a" * 40, "torch_version": "2.13.0+cpu", "cpu_model": "test cpu",
                "gpu_name": "not available"}
 
@@ -280,16 +282,31 @@ def test_run_compare_prints_the_document_and_writes_it_to_out(tmp_path, capsys):
     assert printed.startswith(f"# Comparison: {a} → {b}\n")
 
 
-def test_a_real_results_folder_compared_with_itself_passes(tmp_path, capsys):
-    if not (QUICK_RESULTS / "cells").is_dir():
-        pytest.skip("results/quick is not in this checkout")
-    # A copy: a run may be adding cells to the real folder while this test reads it.
-    quick = shutil.copytree(QUICK_RESULTS / "cells", tmp_path / "quick" / "cells").parent
-    assert run_compare(quick, quick, {}, None, tmp_path / "quick.md") == 0
-    printed = capsys.readouterr().out
-    frame = load_results(quick)
-    cells = frame[["variant", "seq_len"]].drop_duplicates()
-    assert f"{len(cells)} cells compared, 0 only in A, 0 only in B" in printed
+def test_runner_output_compared_with_itself_passes_and_a_slower_copy_fails(tmp_path, capsys):
+    suite = load_suite(write_suite(tmp_path, """
+        name = "tiny"
+        layers = ["linear-attention-causal", "ttt-linear"]
+        [grid]
+        seq_len = [16, 32]
+        d_model = 16
+        n_heads = 2
+        [measure]
+        repeats = 1
+        slow_repeats = 1
+        min_time_s = 0.001
+        threads = 1
+        count_flops_max_seq_len = 32
+    """))
+    run_suite(suite, tmp_path / "a", show_progress=False)
+    assert run_compare(tmp_path / "a", tmp_path / "a", {}, None, tmp_path / "same.md") == 0
+    assert "4 cells compared, 0 only in A, 0 only in B" in capsys.readouterr().out
+    slower = shutil.copytree(tmp_path / "a", tmp_path / "b")
+    cell = next((slower / "cells").glob("*.parquet"))
+    rows = pd.read_parquet(cell)
+    rows["time_ms"] *= 2
+    rows.to_parquet(cell, index=False)
+    assert run_compare(tmp_path / "a", slower, {"time_ms": 0.5}, None, None) == 1
+    assert "**regression**" in capsys.readouterr().out
 
 
 def test_markdown_table_escapes_pipes_and_shows_nulls_empty():

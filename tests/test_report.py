@@ -208,6 +208,8 @@ def test_report_of_profiling_only_results_says_what_is_missing(tmp_path):
         path.unlink()
     for path in (results / "cells").glob("*bytes-lm*"):
         path.unlink()
+    (tmp_path / "out" / "figures").mkdir(parents=True)
+    (tmp_path / "out" / "figures" / "accuracy-vs-flops.png").write_bytes(b"from an earlier report")
     build_report([results], tmp_path / "out")
     text = (tmp_path / "out" / "report.md").read_text()
     assert "No finished training rows" in text and "No per-position losses" in text

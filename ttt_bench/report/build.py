@@ -36,6 +36,8 @@ def build_report(result_dirs: list[Path], out: Path, options: ReportOptions = Re
     if frame.empty:
         raise ConfigError(f"{', '.join(map(str, result_dirs))}: no finished cells to report on; run a suite first")
     out.mkdir(parents=True, exist_ok=True)
+    for stale in [*(out / FIGURES_DIR).glob("*.png"), *(out / FIGURES_DIR).glob("*.svg")]:
+        stale.unlink()  # a figure the new results no longer produce must not linger beside the new report
     writer = _SectionWriter(out / FIGURES_DIR, figures.variant_palette(frame["variant"].dropna()))
     sections = [_accuracy(writer, frame)]
     profile = frames.profile_rows(frame)
