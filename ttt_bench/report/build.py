@@ -17,11 +17,11 @@ from ttt_bench.errors import ConfigError
 from ttt_bench.report import figures, frames, frontier, pareto, scaling
 from ttt_bench.report.document import FIGURES_DIR, Document, Section, Table, write_html, write_markdown
 from ttt_bench.report.peaks import datasheet_tflops
+from ttt_bench.profile.env import NOT_AVAILABLE
 from ttt_bench.report.tables import shown
+from ttt_bench.report.units import GiB
 from ttt_bench.results import load_results
 
-GiB = 2**30
-NOT_AVAILABLE = "not available"
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Callable
 import pandas as pd
 
 from ttt_bench.errors import ConfigError
-from ttt_bench.report.tables import markdown_table
+from ttt_bench.report.tables import MISSING, markdown_table  # MISSING also keys nulls: they match each other
 from ttt_bench.report.units import METRICS, Metric, label
 from ttt_bench.results import load_results
 
@@ -31,7 +31,6 @@ ROW_COLUMNS = ("measurement", "position")
 ENVIRONMENT_COLUMNS = ("git_commit", "gpu_name", "cpu_model", "torch_version")
 # The failures a run records; any status but 'ok' and 'skipped' counts as one.
 FAILING_STATUSES = ("oom", "error", "timeout", "diverged")
-MISSING = "—"  # a null key value: nulls match each other (task is null on every profiling row)
 REGRESSION, IMPROVEMENT = "regression", "improvement"
 # Config columns another column names: a variant labels its layer and knobs, a task label its options.
 NAMED_BY = {"layer": "variant", "knobs": "variant", "task_options": "task"}

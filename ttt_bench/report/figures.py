@@ -19,7 +19,7 @@ from matplotlib.lines import Line2D
 from PIL import Image
 
 from ttt_bench import layers
-from ttt_bench.report.frames import achieved_tflops_per_s
+from ttt_bench.report.frames import achieved_tflops_per_s, first_out_of_memory_seq_len
 from ttt_bench.report.units import METRICS, label
 
 PNG_DPI = 300
@@ -144,10 +144,9 @@ def scaling(points: pd.DataFrame, metric: str, exponents: pd.DataFrame, marks: p
 
 
 def _mark_out_of_memory(ax, group, ok, metric, scale, slope, colour) -> None:
-    failing = group[(group["status"] == "oom") & (group["seq_len"] > (ok["seq_len"].max() if len(ok) else 0))]
-    if failing.empty or ok.empty:
+    seq_len = first_out_of_memory_seq_len(group)
+    if math.isnan(seq_len) or ok.empty:
         return
-    seq_len = failing["seq_len"].min()
     last = ok.iloc[-1]
     trend = slope if math.isfinite(slope) else 1.0
     value = last[metric] * scale * (seq_len / last["seq_len"]) ** trend

@@ -4,6 +4,8 @@ the cells that did not finish. Each helper reads the tidy rows of ttt_bench.resu
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
 from ttt_bench.results import NUMERIC_COLUMNS
@@ -68,6 +70,15 @@ def scaling_points(profile: pd.DataFrame) -> pd.DataFrame:
         if column not in points:
             points[column] = float("nan")
     return points.reset_index().sort_values(keys).reset_index(drop=True)
+
+
+def first_out_of_memory_seq_len(points: pd.DataFrame) -> float:
+    """The smallest N past the largest that ran ('ok') whose status is 'oom': where one variant's points (of one
+    measurement) stopped fitting. NaN when none did."""
+    ok = points[points["status"] == "ok"]
+    largest_ok = ok["seq_len"].max() if len(ok) else 0
+    failing = points[(points["status"] == "oom") & (points["seq_len"] > largest_ok)]
+    return failing["seq_len"].min() if len(failing) else math.nan
 
 
 def achieved_tflops_per_s(points: pd.DataFrame) -> pd.Series:

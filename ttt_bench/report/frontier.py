@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from ttt_bench.oom import fit_memory
+from ttt_bench.report.frames import first_out_of_memory_seq_len
 
 COLUMNS = ["variant", "measurement", "budget_bytes", "max_seq_len", "first_failing_seq_len", "predicted_max_seq_len",
            "searched"]
@@ -22,12 +23,11 @@ def frontier_from_points(points: pd.DataFrame, budget_bytes: float) -> pd.DataFr
     rows = []
     for (variant, measurement), group in points.groupby(["variant", "measurement"], sort=False):
         ok = group[group["status"] == "ok"]
-        failing = group[(group["status"] == "oom") & (group["seq_len"] > (ok["seq_len"].max() if len(ok) else 0))]
         fit = fit_memory(list(ok["seq_len"]), list(ok["peak_bytes"])) if ok["peak_bytes"].notna().all() else None
         rows.append({
             "variant": variant, "measurement": measurement, "budget_bytes": budget_bytes,
             "max_seq_len": ok["seq_len"].max() if len(ok) else math.nan,
-            "first_failing_seq_len": failing["seq_len"].min() if len(failing) else math.nan,
+            "first_failing_seq_len": first_out_of_memory_seq_len(group),
             "predicted_max_seq_len": fit.max_seq_len(budget_bytes) if fit and math.isfinite(budget_bytes) else math.nan,
             "searched": False,
         })

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MiB = 2**20
+GiB = 2**30
 
 
 @dataclass(frozen=True)
