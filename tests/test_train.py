@@ -113,3 +113,12 @@ def test_training_is_deterministic_across_processes(digits, tmp_path):
     here = train_model(ModelConfig("ttt-mlp", {}, 16, 2, 1, 32), digits, TrainSettings(steps=5, warmup_steps=1),
                        batch_size=16, seed=3)
     assert repr(here.losses) + "\n" == runs[0]
+
+
+def test_importing_the_layers_settles_mkl_vector_math_first():
+    """The warm-up behind the cross-process determinism above (see ttt_bench/vml_warmup.py)."""
+    import subprocess
+    import sys
+
+    script = "import ttt_bench.layers, ttt_bench.vml_warmup as w; print(w._resolved)"
+    assert subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout == "True\n"
