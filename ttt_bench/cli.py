@@ -1,5 +1,5 @@
 """`ttt-bench` command line: run a suite, find the out-of-memory frontier, report on results, compare two result
-sets, list layers, tasks and suites.
+sets, gate an asv run against the committed baseline, list layers, tasks and suites.
 
 User errors (a bad suite file, an unknown layer, a locked results folder) print one line without a
 traceback and exit 2, having written nothing.
@@ -127,6 +127,18 @@ def _compare(args: argparse.Namespace) -> int:
     return run_compare(args.a, args.b, parse_thresholds(args.threshold), args.metric or None, args.out)
 
 
+def _gate(args: argparse.Namespace) -> int:
+    from ttt_bench.profile.env import NOT_AVAILABLE, git_commit
+    from ttt_bench.report.gate import refresh_baseline, run_gate
+
+    commit = args.commit or git_commit().removesuffix("+dirty")
+    if commit == NOT_AVAILABLE:
+        raise ConfigError("the ttt-bench checkout is not a git repository; give the asv run's commit with --commit")
+    if args.refresh:
+        return refresh_baseline(args.baseline, args.results, commit)
+    return run_gate(args.baseline, args.results, commit, args.time_factor, args.out)
+
+
 def _positive(kind):
     def parse(text: str):
         value = kind(text)
@@ -189,6 +201,21 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--metric", action="append", help="compare only this metric (repeatable)")
     compare.add_argument("--out", type=Path, help="also write the comparison (markdown) here")
     compare.set_defaults(handler=_compare)
+
+    from ttt_bench.report.gate import DEFAULT_BASELINE, DEFAULT_RESULTS, TIME_FACTOR
+
+    gate = commands.add_parser("gate", help="this commit's asv run against the committed baseline; exit 1 on a "
+                                            "regression (or --refresh the baseline from it)")
+    gate.add_argument("--baseline", type=Path, default=DEFAULT_BASELINE, help=f"default {DEFAULT_BASELINE}")
+    gate.add_argument("--results", type=Path, default=DEFAULT_RESULTS,
+                      help=f"asv's results_dir (default {DEFAULT_RESULTS})")
+    gate.add_argument("--commit", help="the commit the asv run was saved under (default: the checkout's HEAD)")
+    gate.add_argument("--time-factor", type=float, default=TIME_FACTOR,
+                      help=f"a timing regresses beyond this many times the baseline's (default {TIME_FACTOR:g})")
+    gate.add_argument("--out", type=Path, help="also write the comparison (markdown) here")
+    gate.add_argument("--refresh", action="store_true",
+                      help="copy the commit's asv result over the baseline instead (deliberately; then commit it)")
+    gate.set_defaults(handler=_gate)
     return parser
 
 

@@ -71,6 +71,36 @@ class TimingBudget:
         return self.slow_min_repeats if probe_s > self.slow_call_s else self.min_repeats
 
 
+class Workload:
+    """A cell's layer on its device with its inputs, and the two calls that are measured (`calls[pass]`).
+
+    Everything is built here, outside every timed region: x [B, N, D] and the loss projection.
+    Forward+backward's loss is the output times a fixed random projection, so every output element
+    carries a distinct gradient; forward records autograd as training would.
+    """
+
+    def __init__(self, cell: Cell, layer: torch.nn.Module) -> None:
+        device, dtype = torch.device(cell.device), _dtype(cell.dtype)
+        self.layer = layer = layer.to(device=device, dtype=dtype)
+        self.x = x = torch.randn(cell.batch, cell.seq_len, cell.d_model, device=device, dtype=dtype,
+                                 requires_grad=True)
+        projection = torch.randn_like(x, requires_grad=False)
+        self.calls: dict[str, Callable[[], Any]] = {
+            "fwd": lambda: layer(x), "fwd_bwd": lambda: (layer(x) * projection).sum().backward(),
+        }
+
+    @classmethod
+    def build(cls, cell: Cell) -> Workload:
+        """The cell's layer built from the registry, seeded by the cell as `measure_cell` seeds it."""
+        torch.manual_seed(cell.seed)
+        return cls(cell, layers.build(cell.layer, d_model=cell.d_model, n_heads=cell.n_heads, **cell.overrides))
+
+    def zero_grads(self) -> None:
+        """Drop the gradients a forward+backward left, so the next call allocates them again as the first did."""
+        self.x.grad = None
+        self.layer.zero_grad(set_to_none=True)
+
+
 METRICS = ("flops", "memory", "time")  # what measure_cell can collect; the analytic cost is always there
 PASSES = ("fwd_bwd", "fwd")  # forward+backward (training) and forward with autograd recording
 
@@ -101,27 +131,19 @@ def measure_cell(
         _check_subset("metrics", metrics, METRICS)
         _check_subset("passes", passes, PASSES)
         device = torch.device(cell.device)
-        dtype = _dtype(cell.dtype)
+        _dtype(cell.dtype)  # a dtype that is not allowed fails before the layer is built
         torch.manual_seed(cell.seed)
         layer = layers.build(cell.layer, d_model=cell.d_model, n_heads=cell.n_heads, **cell.overrides)
         row.update(analytic_columns(layer.cost(cell.batch, cell.seq_len)))
         if skip_reason is not None:
             row.update(status="skipped", message=skip_reason)
             return row
-        layer = layer.to(device=device, dtype=dtype)
         if device.type == "cuda" and memory_budget_bytes is not None:
             total = torch.cuda.get_device_properties(device).total_memory
             torch.cuda.set_per_process_memory_fraction(min(1.0, memory_budget_bytes / total), device)
             capped = True
-
-        # Inputs are built here, outside every timed region: x [B, N, D] and the loss projection.
-        x = torch.randn(cell.batch, cell.seq_len, cell.d_model, device=device, dtype=dtype, requires_grad=True)
-        projection = torch.randn_like(x, requires_grad=False)
-        calls = {"fwd": lambda: layer(x), "fwd_bwd": lambda: (layer(x) * projection).sum().backward()}
-
-        def zero_grads() -> None:
-            x.grad = None
-            layer.zero_grad(set_to_none=True)
+        work = Workload(cell, layer)
+        layer, x, calls, zero_grads = work.layer, work.x, work.calls, work.zero_grads
 
         if "memory" in metrics:
             for name in passes:

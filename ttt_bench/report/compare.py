@@ -136,8 +136,11 @@ def compare_results(a: pd.DataFrame, b: pd.DataFrame, thresholds: dict[str, floa
     )
 
 
-def format_comparison(comparison: Comparison, name_a: str, name_b: str) -> str:
-    """The comparison as a markdown document: header, summary, one table per metric, status changes."""
+def format_comparison(comparison: Comparison, name_a: str, name_b: str, notes: tuple[str, ...] = (),
+                      only_moved: bool = False) -> str:
+    """The comparison as a markdown document: header, summary, one table per metric, status changes; `notes`
+    are paragraphs for the header (what the caller decided about the comparison). With `only_moved` a metric's
+    table keeps the rows beyond its threshold and, for a deterministic metric, every row whose value changed."""
     c = comparison
     sets = pd.DataFrame([{"set": letter, "name": name, **info}
                          for letter, name, info in (("A", name_a, c.sets[0]), ("B", name_b, c.sets[1]))])
@@ -150,6 +153,7 @@ def format_comparison(comparison: Comparison, name_a: str, name_b: str) -> str:
         lines.append("Environment differences: " + "; ".join(f"{e.column}: {e.a} → {e.b}" for e in c.environment))
     lines += [
         "", "Thresholds (relative change beyond which a difference counts): " + _describe_thresholds(c.thresholds),
+        *(line for note in notes for line in ("", note)),
         "",
         "A cell that was ok in A and failed in B (" + "/".join(FAILING_STATUSES) + ") is a regression whatever the "
         "thresholds. Regressions and improvements are counted per table row: one metric of one measurement, or one "
@@ -162,9 +166,17 @@ def format_comparison(comparison: Comparison, name_a: str, name_b: str) -> str:
         lines += ["", f"## {info.label}", "",
                   f"{info.better.capitalize()} is better; threshold {_percent(c.thresholds[metric])}; "
                   f"{len(table)} rows ok in both sets.", ""]
-        lines += _table_lines(table, c.varying_columns, lambda identity: _shown_metric_table(identity, table, info))
         if table.empty:
             lines.append("No row has this metric in both sets with both ok.")
+            continue
+        if only_moved:
+            moved = (table.verdict != "") | (info.deterministic & (table.a != table.b))
+            unmoved, table = int((~moved).sum()), table[moved].reset_index(drop=True)
+            lines.append(_count(unmoved, "row") + (" unchanged" if info.deterministic else " within the threshold")
+                         + (", not shown:" if len(table) else "."))
+            lines += [""] if len(table) else []
+        lines += _table_lines(table, c.varying_columns,
+                              lambda identity, table=table: _shown_metric_table(identity, table, info))
     lines += ["", "## Status changes", ""]
     if c.status_changes.empty:
         lines.append("None: every cell in both sets has the same status.")
@@ -193,7 +205,13 @@ def run_compare(dir_a: str | Path, dir_b: str | Path, thresholds: dict[str, floa
         comparison = compare_results(*frames, thresholds=thresholds, metrics=metrics)
     except ConfigError as error:
         raise ConfigError(f"comparing {dir_a} (A) with {dir_b} (B): {error}") from None
-    text = format_comparison(comparison, str(dir_a), str(dir_b))
+    return publish_comparison(comparison, str(dir_a), str(dir_b), out)
+
+
+def publish_comparison(comparison: Comparison, name_a: str, name_b: str, out: Path | None = None,
+                       notes: tuple[str, ...] = (), only_moved: bool = False) -> int:
+    """Print the comparison's document (and write it to `out`); the exit status: 1 on a regression, else 0."""
+    text = format_comparison(comparison, name_a, name_b, notes, only_moved)
     print(text, end="")
     if out is not None:
         out = Path(out)
