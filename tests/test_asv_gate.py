@@ -38,6 +38,8 @@ def test_the_regression_grid_enrols_every_registered_layer():
     assert training.param_names == ("task", "variant", "seq_len") and list(training.params[1]) == layers.names()
     with pytest.raises(NotImplementedError, match="excluded by suite 'regression-accuracy': trains the same model"):
         training.cell("digits", "ttt-linear-primal", 64)
+    gpu = benchmark_grid(ROOT / "suites/regression-gpu.toml")
+    assert list(gpu.params[0]) == layers.names() and gpu.cell("ttt-mlp", 16384).cell.device == "cuda"
 
 
 def test_a_grid_varying_another_axis_is_refused(tmp_path):
@@ -261,8 +263,12 @@ def test_the_gate_command_line(tmp_path, capsys):
 
 
 def test_the_committed_baseline_covers_the_regression_grid():
+    # The grid as asv sees it: in a fresh interpreter, without the layers the tests register.
+    script = ("import json; from ttt_bench.benchmark_grid import benchmark_grid; "
+              "g = benchmark_grid('suites/regression.toml'); "
+              "print(json.dumps([k for k, c in g.cells.items() if c.skip_reason is None]))")
+    ran = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
     rows = load_asv_results(ROOT / "suites/baseline/cpu.json")
-    grid = benchmark_grid(ROOT / "suites/regression.toml")
     ok = rows[(rows.status == "ok") & (rows.measurement != "train")]
-    assert set(zip(ok.variant, ok.seq_len)) == {key for key, cell in grid.cells.items() if cell.skip_reason is None}
+    assert set(zip(ok.variant, ok.seq_len)) == {tuple(key) for key in json.loads(ran.stdout)}
     assert (rows.status != "error").all()
