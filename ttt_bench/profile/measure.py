@@ -72,12 +72,9 @@ class TimingBudget:
 
 
 class Workload:
-    """A cell's layer on its device with its inputs, and the two calls that are measured (`calls[pass]`).
-
-    Everything is built here, outside every timed region: x [B, N, D] and the loss projection.
-    Forward+backward's loss is the output times a fixed random projection, so every output element
-    carries a distinct gradient; forward records autograd as training would.
-    """
+    """A cell's layer on its device, its inputs x [B, N, D] and loss projection (built here, outside every
+    timed region), and the two calls that are measured, `calls[pass]` (the module docstring says what they do).
+    measure_cell and the asv benchmarks (suites/benchmarks.py) measure the same workload."""
 
     def __init__(self, cell: Cell, layer: torch.nn.Module) -> None:
         device, dtype = torch.device(cell.device), _dtype(cell.dtype)

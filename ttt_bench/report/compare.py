@@ -176,7 +176,7 @@ def format_comparison(comparison: Comparison, name_a: str, name_b: str, notes: t
                          + (", not shown:" if len(table) else "."))
             lines += [""] if len(table) else []
         lines += _table_lines(table, c.varying_columns,
-                              lambda identity, table=table: _shown_metric_table(identity, table, info))
+                              lambda identity: _shown_metric_table(identity, table, info))
     lines += ["", "## Status changes", ""]
     if c.status_changes.empty:
         lines.append("None: every cell in both sets has the same status.")
