@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ttt_bench.benchmark_grid import PARAMETER_AXES
+from ttt_bench.benchmark_grid import PARAMETER_AXES, TRAINING_PARAMETER_AXES
 from ttt_bench.errors import ConfigError
 
 # Benchmark method (suites/benchmarks.py) -> (measurement, metric column in ttt-bench units, factor from asv's unit).
@@ -87,10 +87,9 @@ def load_asv_results(path: str | Path) -> pd.DataFrame:
 
 def _param_names(benchmark: str, params: list[list[str]]) -> list[str]:
     """asv's result files keep parameter values, not names; the benchmarks take theirs from the suite's grid."""
-    if len(params) == len(PARAMETER_AXES):
-        return list(PARAMETER_AXES)
-    if len(params) == len(PARAMETER_AXES) + 1:
-        return ["task", *PARAMETER_AXES]
+    for names in (PARAMETER_AXES, TRAINING_PARAMETER_AXES):
+        if len(params) == len(names):
+            return list(names)
     raise ConfigError(f"benchmark {benchmark}: {len(params)} parameters; ttt-bench's benchmarks have "
                       f"{', '.join(PARAMETER_AXES)} and, when they train, the task first")
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from ttt_bench.suite import GRID_AXES, PlannedCell, Suite, SuiteError, load_suite
 
-PARAMETER_AXES = ("variant", "seq_len")  # plus 'task', first, for a training suite
+PARAMETER_AXES = ("variant", "seq_len")
+TRAINING_PARAMETER_AXES = ("task", *PARAMETER_AXES)  # a training suite's
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ def benchmark_grid(path: str | Path) -> BenchmarkGrid:
                          f"{values}. Give each of these one value (one suite file per setting)")
     cells = suite.cells()
     if suite.trains:
-        names = ("task", *PARAMETER_AXES)
+        names = TRAINING_PARAMETER_AXES
         params = (tuple(e.label for e in suite.task_entries), tuple(e.label for e in suite.layer_entries),
                   tuple(suite.grid["seq_len"]))
         keyed = {(c.training.task.label, c.variant, c.cell.seq_len): c for c in cells}

@@ -12,7 +12,6 @@ it, refusing a run with failed benchmarks; commit the file with a message that s
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from pathlib import Path
@@ -65,7 +64,6 @@ def refresh_baseline(baseline: Path, results_dir: Path, commit: str) -> int:
                           f"become the baseline")
     baseline.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(current, baseline)
-    data = json.loads(baseline.read_text())
-    print(f"{baseline}: now the asv run of commit {data['commit_hash'][:12]} on {data['params'].get('cpu', '?')} "
+    print(f"{baseline}: now the asv run of commit {rows.git_commit.iloc[0][:12]} on {rows.cpu_model.iloc[0] or '?'} "
           f"({len(rows)} values); commit it with the reason the numbers moved")
     return 0
