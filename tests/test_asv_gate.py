@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 
 from ttt_bench import layers
-from ttt_bench.asv_results import find_result_file, load_asv_results
-from ttt_bench.benchmark_grid import benchmark_grid
+from ttt_bench.regression.asv_results import find_result_file, load_asv_results
+from ttt_bench.regression.benchmark_grid import benchmark_grid
 from ttt_bench.cli import main
 from ttt_bench.errors import ConfigError
 from ttt_bench.profile.measure import Cell, measure_cell
-from ttt_bench.report.gate import DETERMINISTIC_TOLERANCES, TIME_FACTOR, gate_thresholds, refresh_baseline, run_gate
-from ttt_bench.suite import SuiteError
+from ttt_bench.regression.gate import DETERMINISTIC_TOLERANCES, TIME_FACTOR, gate_thresholds, refresh_baseline, run_gate
+from ttt_bench.sweep.suite import SuiteError
 from checks import write_suite
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -264,7 +264,7 @@ def test_the_gate_command_line(tmp_path, capsys):
 
 def test_the_committed_baseline_covers_the_regression_grid():
     # The grid as asv sees it: in a fresh interpreter, without the layers the tests register.
-    script = ("import json; from ttt_bench.benchmark_grid import benchmark_grid; "
+    script = ("import json; from ttt_bench.regression.benchmark_grid import benchmark_grid; "
               "g = benchmark_grid('suites/regression.toml'); "
               "print(json.dumps([k for k, c in g.cells.items() if c.skip_reason is None]))")
     ran = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)

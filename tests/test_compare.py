@@ -14,8 +14,8 @@ from ttt_bench.report.compare import (
     Change, compare_results, format_comparison, markdown_table, parse_thresholds, run_compare,
 )
 from ttt_bench.results import ResultStore, load_results
-from ttt_bench.runner import run_suite
-from ttt_bench.suite import load_suite
+from ttt_bench.sweep.runner import run_suite
+from ttt_bench.sweep.suite import load_suite
 from checks import write_suite
 
 ENVIRONMENT = {"git_commit": "a" * 40, "torch_version": "2.13.0+cpu", "cpu_model": "test cpu",

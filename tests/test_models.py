@@ -6,7 +6,7 @@ import torch
 
 from ttt_bench import layers
 from ttt_bench.errors import ConfigError
-from ttt_bench.models import (
+from ttt_bench.training.models import (
     PARAM_MATCH_TOLERANCE,
     InputSpec,
     ModelConfig,

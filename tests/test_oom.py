@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 
 from ttt_bench.cli import main
-from ttt_bench.oom import Probe, fit_memory, search_frontier
+from ttt_bench.sweep.oom import Probe, fit_memory, search_frontier
 from ttt_bench.profile.measure import Cell, QUICK_BUDGET, measure_cell
 from ttt_bench.results import ResultStore
-from ttt_bench.suite import OomSettings
+from ttt_bench.sweep.suite import OomSettings
 
 
 def curve_probe(bytes_at, budget, calls=None, fail_at=None):

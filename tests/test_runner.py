@@ -12,8 +12,8 @@ import torch
 
 from ttt_bench.cli import main
 from ttt_bench.results import ResultStore, load_results
-from ttt_bench.runner import run_suite
-from ttt_bench.suite import load_suite
+from ttt_bench.sweep.runner import run_suite
+from ttt_bench.sweep.suite import load_suite
 from checks import write_suite
 
 FAST_MEASURE = """

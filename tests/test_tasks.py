@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from ttt_bench import tasks
+from ttt_bench.training import tasks
 from ttt_bench.errors import ConfigError
-from ttt_bench.tasks import IGNORE_INDEX
-from ttt_bench.tasks.mqar import generate_mqar
+from ttt_bench.training.tasks import IGNORE_INDEX
+from ttt_bench.training.tasks.mqar import generate_mqar
 
 
 @pytest.mark.parametrize("seq_len, side", [(196, 14), (784, 28), (3136, 56)])

@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
-from ttt_bench import tasks
+from ttt_bench.training import tasks
 from ttt_bench.errors import ConfigError
-from ttt_bench.models import ModelConfig
-from ttt_bench.train import TrainSettings, train_model
-from ttt_bench.train_cell import position_bins
+from ttt_bench.training.models import ModelConfig
+from ttt_bench.training.train import TrainSettings, train_model
+from ttt_bench.sweep.cell import position_bins
 
 import faulty_layers  # noqa: F401  (registers faulty-nan)
 
@@ -101,8 +101,8 @@ def test_training_is_deterministic_across_processes(digits, tmp_path):
 
     script = (
         "import torch; torch.set_num_threads(2)\n"
-        "from ttt_bench import tasks\nfrom ttt_bench.models import ModelConfig\n"
-        "from ttt_bench.train import TrainSettings, train_model\n"
+        "from ttt_bench.training import tasks\nfrom ttt_bench.training.models import ModelConfig\n"
+        "from ttt_bench.training.train import TrainSettings, train_model\n"
         "r = train_model(ModelConfig('ttt-mlp', {}, 16, 2, 1, 32), tasks.load_task('digits', {}, 16), "
         "TrainSettings(steps=5, warmup_steps=1), batch_size=16, seed=3)\nprint(repr(r.losses))\n"
     )
@@ -116,9 +116,9 @@ def test_training_is_deterministic_across_processes(digits, tmp_path):
 
 
 def test_importing_the_layers_settles_mkl_vector_math_first():
-    """The warm-up behind the cross-process determinism above (see ttt_bench/vml_warmup.py)."""
+    """The warm-up behind the cross-process determinism above (see ttt_bench/layers/vml_warmup.py)."""
     import subprocess
     import sys
 
-    script = "import ttt_bench.layers, ttt_bench.vml_warmup as w; print(w._resolved)"
+    script = "import ttt_bench.layers, ttt_bench.layers.vml_warmup as w; print(w._resolved)"
     assert subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout == "True\n"

@@ -7,8 +7,8 @@ import pytest
 
 from ttt_bench.cli import main
 from ttt_bench.results import load_results
-from ttt_bench.runner import run_suite
-from ttt_bench.suite import SuiteError, load_suite, parse_suite, shipped_suites
+from ttt_bench.sweep.runner import run_suite
+from ttt_bench.sweep.suite import SuiteError, load_suite, parse_suite, shipped_suites
 from checks import write_suite
 
 TINY = """

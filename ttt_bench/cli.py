@@ -15,8 +15,9 @@ from ttt_bench.errors import ConfigError, UnknownLayerError
 
 
 def _list(args: argparse.Namespace) -> None:
-    from ttt_bench import layers, tasks
-    from ttt_bench.suite import load_suite, shipped_suites
+    from ttt_bench import layers
+    from ttt_bench.training import tasks
+    from ttt_bench.sweep.suite import load_suite, shipped_suites
 
     selected = args.layers or layers.names()
     for name in selected:
@@ -47,8 +48,8 @@ def _list(args: argparse.Namespace) -> None:
 
 def _run(args: argparse.Namespace) -> None:
     from ttt_bench.results import ResultStore
-    from ttt_bench.runner import run_suite
-    from ttt_bench.suite import load_suite, resolve_suite_path
+    from ttt_bench.sweep.runner import run_suite
+    from ttt_bench.sweep.suite import load_suite, resolve_suite_path
 
     suite = load_suite(resolve_suite_path(args.suite))
     out = args.out or Path("results") / suite.name
@@ -64,7 +65,7 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def _print_plan(suite, store, retry_failed: bool) -> None:
-    from ttt_bench.runner import needs_run
+    from ttt_bench.sweep.runner import needs_run
 
     statuses = store.statuses()
     cells = suite.cells()
@@ -82,7 +83,7 @@ def _print_plan(suite, store, retry_failed: bool) -> None:
 def _executor(args: argparse.Namespace):
     if args.executor == "local":
         return None
-    from ttt_bench.slurm import SubmititExecutor
+    from ttt_bench.sweep.slurm import SubmititExecutor
 
     return SubmititExecutor(
         cluster="slurm" if args.executor == "slurm" else "local", partition=args.partition,
@@ -94,8 +95,8 @@ def _executor(args: argparse.Namespace):
 def _oom(args: argparse.Namespace) -> None:
     import dataclasses
 
-    from ttt_bench.oom import frontier_table
-    from ttt_bench.suite import DEVICE_PATTERN, load_suite, resolve_suite_path
+    from ttt_bench.sweep.oom import frontier_table
+    from ttt_bench.sweep.suite import DEVICE_PATTERN, load_suite, resolve_suite_path
 
     suite = load_suite(resolve_suite_path(args.suite))
     if args.budget_gib is not None:
@@ -129,7 +130,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 def _gate(args: argparse.Namespace) -> int:
     from ttt_bench.profile.env import NOT_AVAILABLE, git_commit
-    from ttt_bench.report.gate import refresh_baseline, run_gate
+    from ttt_bench.regression.gate import refresh_baseline, run_gate
 
     commit = args.commit or git_commit().removesuffix("+dirty")
     if commit == NOT_AVAILABLE:
@@ -202,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", type=Path, help="also write the comparison (markdown) here")
     compare.set_defaults(handler=_compare)
 
-    from ttt_bench.report.gate import DEFAULT_BASELINE, DEFAULT_RESULTS, TIME_FACTOR
+    from ttt_bench.regression.gate import DEFAULT_BASELINE, DEFAULT_RESULTS, TIME_FACTOR
 
     gate = commands.add_parser("gate", help="this commit's asv run against the committed baseline; exit 1 on a "
                                             "regression (or --refresh the baseline from it)")

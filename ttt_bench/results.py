@@ -25,7 +25,7 @@ import pandas as pd
 
 from ttt_bench.errors import ConfigError
 from ttt_bench.profile.measure import TIDY_METRIC_COLUMNS
-from ttt_bench.train_cell import TRAIN_METRIC_COLUMNS
+from ttt_bench.sweep.cell import TRAIN_METRIC_COLUMNS
 
 FAILED_STATUSES = ("error", "oom", "timeout")
 NUMERIC_COLUMNS = (*TIDY_METRIC_COLUMNS, *TRAIN_METRIC_COLUMNS, "state_numel", "final_state_macs", "nvml_used_bytes",

@@ -9,8 +9,8 @@ import math
 import pandas as pd
 
 from ttt_bench.results import NUMERIC_COLUMNS
-from ttt_bench.suite import MEASUREMENTS, TRAIN_MEASUREMENT
-from ttt_bench.train_cell import POSITION_MEASUREMENT
+from ttt_bench.sweep.suite import MEASUREMENTS, TRAIN_MEASUREMENT
+from ttt_bench.sweep.cell import POSITION_MEASUREMENT
 
 SETTING_COLUMNS = ("device", "dtype", "batch", "d_model", "n_heads")  # fixed within one scaling figure
 POINT_METRICS = ("time_ms", "time_p20_ms", "time_p80_ms", "peak_bytes", "flops", "useful_flops",

@@ -16,7 +16,7 @@ import torch
 
 from ttt_bench.errors import ConfigError
 from ttt_bench.layers.base import check_integer
-from ttt_bench.models import InputSpec
+from ttt_bench.training.models import InputSpec
 
 IGNORE_INDEX = -100  # per-token targets at positions that are not scored
 

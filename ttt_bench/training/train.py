@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 from ttt_bench.errors import ConfigError
 from ttt_bench.layers.base import check_integer
-from ttt_bench.models import ModelConfig, ModelCost, SequenceModel, parameter_count
-from ttt_bench.tasks.base import IGNORE_INDEX, TaskData
+from ttt_bench.training.models import ModelConfig, ModelCost, SequenceModel, parameter_count
+from ttt_bench.training.tasks.base import IGNORE_INDEX, TaskData
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)  # trained under autocast with float32 weights
 

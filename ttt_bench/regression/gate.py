@@ -34,7 +34,7 @@ def run_gate(baseline: Path, results_dir: Path, commit: str, time_factor: float 
              out: Path | None = None) -> int:
     """Compare the commit's newest asv result with the baseline; print it (and write `out`); 1 on a regression."""
     # Imported here: they load torch, which the CLI's parser (it reads the defaults above) need not wait for.
-    from ttt_bench.asv_results import find_result_file, load_asv_results
+    from ttt_bench.regression.asv_results import find_result_file, load_asv_results
     from ttt_bench.report.compare import compare_results, publish_comparison
 
     if time_factor <= 1:
@@ -53,7 +53,7 @@ def run_gate(baseline: Path, results_dir: Path, commit: str, time_factor: float 
 
 def refresh_baseline(baseline: Path, results_dir: Path, commit: str) -> int:
     """Copy the commit's newest asv result over the baseline, unless one of its benchmarks failed."""
-    from ttt_bench.asv_results import find_result_file, load_asv_results
+    from ttt_bench.regression.asv_results import find_result_file, load_asv_results
 
     current = find_result_file(results_dir, commit)
     rows = load_asv_results(current)

@@ -13,9 +13,9 @@ import math
 
 from ttt_bench.errors import ConfigError
 from ttt_bench.profile.measure import DTYPES, first_line, is_out_of_memory, release_memory
-from ttt_bench.suite import TRAIN_MEASUREMENT, PlannedCell
-from ttt_bench.tasks import load_task
-from ttt_bench.train import TrainResult, train_model
+from ttt_bench.sweep.suite import TRAIN_MEASUREMENT, PlannedCell
+from ttt_bench.training.tasks import load_task
+from ttt_bench.training.train import TrainResult, train_model
 
 POSITION_MEASUREMENT = "loss_by_position"
 TRAIN_METRIC_COLUMNS = [

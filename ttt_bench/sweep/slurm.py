@@ -13,10 +13,10 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from ttt_bench.progress import Progress
+from ttt_bench.sweep.progress import Progress
 from ttt_bench.results import ResultStore
-from ttt_bench.runner import failure_rows, now_utc, run_on_worker
-from ttt_bench.suite import PlannedCell
+from ttt_bench.sweep.runner import failure_rows, now_utc, run_on_worker
+from ttt_bench.sweep.suite import PlannedCell
 
 CLUSTERS = ("slurm", "local")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ttt_bench.benchmark_grid import PARAMETER_AXES, TRAINING_PARAMETER_AXES
+from ttt_bench.regression.benchmark_grid import PARAMETER_AXES, TRAINING_PARAMETER_AXES
 from ttt_bench.errors import ConfigError
 
 # Benchmark method (suites/benchmarks.py) -> (measurement, metric column in ttt-bench units, factor from asv's unit).

@@ -21,8 +21,8 @@ import torch
 
 from ttt_bench.errors import ConfigError
 from ttt_bench.layers.base import knob
-from ttt_bench.models import InputSpec
-from ttt_bench.tasks.base import TaskData, check_integer_option, register_task, split_generator
+from ttt_bench.training.models import InputSpec
+from ttt_bench.training.tasks.base import TaskData, check_integer_option, register_task, split_generator
 
 VOCAB = 256  # bytes
 HELD_OUT_ONE_IN = 10

@@ -25,10 +25,10 @@ import torch
 
 from ttt_bench.profile.env import environment
 from ttt_bench.profile.measure import MEASUREMENT_NAMES
-from ttt_bench.progress import Progress
+from ttt_bench.sweep.progress import Progress
 from ttt_bench.results import ResultStore
-from ttt_bench.runner import GiB, Worker, check_devices
-from ttt_bench.suite import OomSettings, PlannedCell, Suite, SuiteError
+from ttt_bench.sweep.runner import GiB, Worker, check_devices
+from ttt_bench.sweep.suite import OomSettings, PlannedCell, Suite, SuiteError
 
 PASS_OF_MEASUREMENT = {measurement: name for name, measurement in MEASUREMENT_NAMES.items()}
 LINE_TOLERANCE = 0.02  # relative; see fit_memory

@@ -48,11 +48,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ttt_bench import layers, tasks
+from ttt_bench import layers
+from ttt_bench.training import tasks
 from ttt_bench.errors import ConfigError, UnknownLayerError
-from ttt_bench.models import ModelSettings
+from ttt_bench.training.models import ModelSettings
 from ttt_bench.profile.measure import DTYPES, MEASUREMENT_NAMES, METRICS, PASSES, Cell, TimingBudget
-from ttt_bench.train import TrainSettings
+from ttt_bench.training.train import TrainSettings
 
 GRID_AXES = {  # axis -> default values
     "seq_len": None,  # required by `run`; `oom` searches it instead
@@ -101,7 +102,7 @@ class MeasureSettings:
 
 @dataclass(frozen=True)
 class OomSettings:
-    """The out-of-memory frontier search ([oom]); see ttt_bench.oom."""
+    """The out-of-memory frontier search ([oom]); see ttt_bench.sweep.oom."""
 
     budget_gib: float | None = None  # the memory budget on any device; None: the two below
     budget_fraction: float = 1.0  # on CUDA: this fraction of the card's memory
@@ -620,7 +621,7 @@ def _matches(value: Any, condition: Any) -> bool:
 
 def shipped_suites() -> list[Path]:
     """The suite files shipped with ttt-bench (its checkout's suites/ folder), and those under ./suites."""
-    folders = [Path(__file__).resolve().parents[1] / "suites", Path(os.getcwd()) / "suites"]
+    folders = [Path(__file__).resolve().parents[2] / "suites", Path(os.getcwd()) / "suites"]
     found = {path.resolve(): path for folder in folders if folder.is_dir() for path in sorted(folder.glob("*.toml"))}
     return sorted(found.values(), key=lambda p: p.name)
 

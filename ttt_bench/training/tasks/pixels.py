@@ -18,9 +18,9 @@ import torch
 
 from ttt_bench.errors import ConfigError
 from ttt_bench.layers.base import knob
-from ttt_bench.models import InputSpec
-from ttt_bench.tasks.base import TaskData, check_integer_option, register_task, split_generator
-from ttt_bench.tasks.image_folder import read_image_folder, resize
+from ttt_bench.training.models import InputSpec
+from ttt_bench.training.tasks.base import TaskData, check_integer_option, register_task, split_generator
+from ttt_bench.training.tasks.image_folder import read_image_folder, resize
 
 
 def resolution(task: str, seq_len: int) -> int:

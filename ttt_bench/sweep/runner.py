@@ -1,6 +1,6 @@
 """Runs a suite's cells in isolated worker processes and appends their rows to a results folder.
 
-A cell is profiled (ttt_bench.profile.measure) or, in a suite with tasks, trained (ttt_bench.train_cell).
+A cell is profiled (ttt_bench.profile.measure) or, in a suite with tasks, trained (ttt_bench.sweep.cell).
 
 One worker process per device measures cells one after another. An exception inside a cell comes back
 as a row with its status (measure_cell never raises); a worker that dies (a segfault, the kernel's
@@ -28,10 +28,10 @@ from ttt_bench.profile.env import environment
 from ttt_bench.profile.matmul_peak import matmul_tflops_per_s
 from ttt_bench.profile.measure import DTYPES, measure_cell, tidy_rows
 from ttt_bench.profile.memory import available_memory_bytes
-from ttt_bench.progress import Progress
+from ttt_bench.sweep.progress import Progress
 from ttt_bench.results import FAILED_STATUSES, ResultStore
-from ttt_bench.suite import PlannedCell, Suite, SuiteError
-from ttt_bench.train_cell import train_cell
+from ttt_bench.sweep.suite import PlannedCell, Suite, SuiteError
+from ttt_bench.sweep.cell import train_cell
 
 GiB = 2**30
 READY = "ready"

@@ -18,8 +18,8 @@ import torch
 
 from ttt_bench.errors import ConfigError
 from ttt_bench.layers.base import knob
-from ttt_bench.models import InputSpec
-from ttt_bench.tasks.base import IGNORE_INDEX, TaskData, check_integer_option, register_task, split_generator
+from ttt_bench.training.models import InputSpec
+from ttt_bench.training.tasks.base import IGNORE_INDEX, TaskData, check_integer_option, register_task, split_generator
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ttt_bench.suite import GRID_AXES, PlannedCell, Suite, SuiteError, load_suite
+from ttt_bench.sweep.suite import GRID_AXES, PlannedCell, Suite, SuiteError, load_suite
 
 PARAMETER_AXES = ("variant", "seq_len")
 TRAINING_PARAMETER_AXES = ("task", *PARAMETER_AXES)  # a training suite's

@@ -1,0 +1,1 @@
+"""Regression benchmarks: suites as asv grids, asv results as result rows, and the CI gate."""
