@@ -14,12 +14,13 @@ from pathlib import Path
 
 import torch
 import torch._dynamo  # noqa: F401  (the FLOP counter and tracker import it on first use: 0.8 s in every
-#                       forked benchmark process, unless asv's forkserver has it loaded already)
 
-from ttt_bench.regression.benchmark_grid import benchmark_grid
 from ttt_bench.profile.flops import count_with_flop_counter
 from ttt_bench.profile.measure import Workload
 from ttt_bench.profile.memory import measure_cuda_peak_bytes, measure_peak_bytes
+
+#                       forked benchmark process, unless asv's forkserver has it loaded already)
+from ttt_bench.regression.benchmark_grid import benchmark_grid
 from ttt_bench.sweep.cell import train_cell
 
 SUITES = Path(__file__).resolve().parent

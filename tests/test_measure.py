@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from ttt_bench.profile import env as env_module
-from ttt_bench.profile.env import NOT_AVAILABLE, environment
+from ttt_bench.profile.env import environment
 from ttt_bench.profile.measure import ROW_COLUMNS, Cell, TimingBudget, measure_cell
 from ttt_bench.profile.memory import nvml_device_info
+from ttt_bench.results import NOT_AVAILABLE
 
 TINY = dict(d_model=16, n_heads=2)
 FAST = TimingBudget(min_total_s=0.0, min_repeats=2, slow_call_s=1.0, slow_min_repeats=2, max_repeats=2)

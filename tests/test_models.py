@@ -6,6 +6,7 @@ import torch
 
 from ttt_bench import layers
 from ttt_bench.errors import ConfigError
+from ttt_bench.profile.flops import count_with_flop_counter
 from ttt_bench.training.models import (
     PARAM_MATCH_TOLERANCE,
     InputSpec,
@@ -15,7 +16,6 @@ from ttt_bench.training.models import (
     count_parameters,
     parameter_count,
 )
-from ttt_bench.profile.flops import count_with_flop_counter
 
 PIXELS = InputSpec("pixels", features=3, seq_len=20, n_outputs=7, per_token=False)
 TOKENS = InputSpec("tokens", features=11, seq_len=20, n_outputs=11, per_token=True)

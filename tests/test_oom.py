@@ -8,9 +8,10 @@ import pandas as pd
 import pytest
 
 from ttt_bench.cli import main
-from ttt_bench.sweep.oom import Probe, fit_memory, search_frontier
-from ttt_bench.profile.measure import Cell, QUICK_BUDGET, measure_cell
+from ttt_bench.profile.measure import QUICK_BUDGET, Cell, measure_cell
+from ttt_bench.profile.memory_fit import fit_memory
 from ttt_bench.results import ResultStore
+from ttt_bench.sweep.oom import Probe, search_frontier
 from ttt_bench.sweep.suite import OomSettings
 
 

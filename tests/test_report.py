@@ -39,7 +39,7 @@ def report(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def points(tmp_path_factory) -> pd.DataFrame:
     results = write_fixture_results(tmp_path_factory.mktemp("points") / "results")
-    frame = frames.with_all_columns(load_results(results))
+    frame = load_results(results)
     return frames.scaling_points(frames.profile_rows(frame))
 
 
@@ -192,7 +192,7 @@ def test_pareto_front_keeps_only_undominated_points():
 
 
 def test_accuracy_points_average_seeds_and_drop_diverged(tmp_path):
-    frame = frames.with_all_columns(load_results(write_fixture_results(tmp_path / "results")))
+    frame = load_results(write_fixture_results(tmp_path / "results"))
     points = pareto.accuracy_points(frames.train_rows(frame)).set_index(["task", "variant"])
     ttt = points.loc["mnist", "ttt-linear"]
     assert ttt["accuracy_mean"] == pytest.approx(0.86) and ttt["seeds"] == 2

@@ -9,12 +9,12 @@ import time
 import pandas as pd
 import pytest
 import torch
+from checks import write_suite
 
 from ttt_bench.cli import main
 from ttt_bench.results import ResultStore, load_results
 from ttt_bench.sweep.runner import run_suite
 from ttt_bench.sweep.suite import load_suite
-from checks import write_suite
 
 FAST_MEASURE = """
 [measure]

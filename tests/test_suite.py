@@ -6,12 +6,12 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from checks import write_suite
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ttt_bench.cli import main
 from ttt_bench.sweep.suite import SuiteError, load_suite, shipped_suites
-from checks import write_suite
 
 SUITES = Path(__file__).resolve().parents[1] / "suites"
 

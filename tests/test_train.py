@@ -3,16 +3,15 @@ run as 'diverged', and its schedule and settings are what they say."""
 
 import math
 
+import faulty_layers  # noqa: F401  (registers faulty-nan)
 import pytest
 import torch
 
-from ttt_bench.training import tasks
 from ttt_bench.errors import ConfigError
+from ttt_bench.sweep.cell import position_bins
+from ttt_bench.training import tasks
 from ttt_bench.training.models import ModelConfig
 from ttt_bench.training.train import TrainSettings, train_model
-from ttt_bench.sweep.cell import position_bins
-
-import faulty_layers  # noqa: F401  (registers faulty-nan)
 
 
 @pytest.fixture(scope="module")

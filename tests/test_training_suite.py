@@ -4,12 +4,12 @@ and training cells in the runner beside the profiling rows (one results frame, o
 import textwrap
 
 import pytest
+from checks import write_suite
 
 from ttt_bench.cli import main
 from ttt_bench.results import load_results
 from ttt_bench.sweep.runner import run_suite
 from ttt_bench.sweep.suite import SuiteError, load_suite, parse_suite, shipped_suites
-from checks import write_suite
 
 TINY = """
     name = "tiny-training"

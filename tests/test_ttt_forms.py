@@ -3,8 +3,8 @@ weights and every gradient, float64 (1e-10) and float32 (1e-4), odd lengths, fre
 
 import pytest
 import torch
-
 from checks import RTOL, assert_forms_agree, assert_rel_close
+
 from ttt_bench.layers import build
 from ttt_bench.layers.ttt import inner_loop, learners, reference
 from ttt_bench.layers.ttt.reconstruction import InputReconstruction, ViewsReconstruction
@@ -143,9 +143,9 @@ def test_layer_dual_equals_primal_with_official_semantics(name, n):
     outs = [layer(x) for layer in (dual, primal)]
     assert_rel_close(outs[0], outs[1], RTOL[torch.float64], "output")
     weight = torch.randn_like(outs[0])
-    for layer, out in zip((dual, primal), outs):
+    for layer, out in zip((dual, primal), outs, strict=False):
         (out * weight).sum().backward()
-    for (pname, p_dual), p_primal in zip(dual.named_parameters(), primal.parameters()):
+    for (pname, p_dual), p_primal in zip(dual.named_parameters(), primal.parameters(), strict=False):
         assert p_dual.grad is not None and p_dual.grad.abs().sum() > 0, f"{pname} got no gradient"
         assert_rel_close(p_dual.grad, p_primal.grad, RTOL[torch.float64], f"gradient of {pname}")
 

@@ -4,8 +4,8 @@ import math
 
 import pytest
 import torch
-
 from checks import RTOL, assert_rel_close
+
 from ttt_bench.layers import build
 
 D_MODEL, HEADS = 16, 2

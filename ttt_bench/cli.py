@@ -16,8 +16,8 @@ from ttt_bench.errors import ConfigError, UnknownLayerError
 
 def _list(args: argparse.Namespace) -> None:
     from ttt_bench import layers
-    from ttt_bench.training import tasks
     from ttt_bench.sweep.suite import load_suite, shipped_suites
+    from ttt_bench.training import tasks
 
     selected = args.layers or layers.names()
     for name in selected:
@@ -129,8 +129,9 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _gate(args: argparse.Namespace) -> int:
-    from ttt_bench.profile.env import NOT_AVAILABLE, git_commit
+    from ttt_bench.profile.env import git_commit
     from ttt_bench.regression.gate import refresh_baseline, run_gate
+    from ttt_bench.results import NOT_AVAILABLE
 
     commit = args.commit or git_commit().removesuffix("+dirty")
     if commit == NOT_AVAILABLE:

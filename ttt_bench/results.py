@@ -1,14 +1,21 @@
-"""The results folder of a run: one parquet file per finished cell, so appending is crash-safe.
+"""The row vocabulary of ttt-bench and the results folder that stores it.
+
+A result is a tidy row per (cell, measurement). Every column a row may carry is declared once, in COLUMNS
+below (name, type, unit, meaning; for a metric also its heading, shown scale, better direction and whether
+it repeats exactly), with the statuses and the measurements. The sweep writes these rows, the report,
+compare and the CI gate read them, and docs/result-columns.md is generated from the same declaration.
 
     results/<run>/
-      cells/<config_hash>.parquet   the cell's tidy rows (one per measurement), written whole or not at all
+      cells/<config_hash>.parquet   the cell's rows, written whole or not at all, in one fixed schema (SCHEMA)
       env.json                      the environment of the latest run
       suite.toml                    the suite file as it was run (the latest)
       .lock                         held while a run writes here
 
-A file appears by an atomic rename once its rows are on disk, so a kill -9 at any moment leaves
-every finished cell readable and no partial one. Rerunning a cell replaces its file: each config
-hash appears once.
+A file appears by an atomic rename once its rows are on disk, so a kill -9 at any moment leaves every
+finished cell readable and no partial one. Rerunning a cell replaces its file: each config hash appears once.
+Every cell file has the same schema, so `pyarrow.dataset.dataset("<run>/cells")`, DuckDB's
+`read_parquet('<run>/cells/*.parquet')`, polars and `pandas.read_parquet("<run>/cells")` read a folder
+directly; files written before the schema was fixed are conformed to it when ttt-bench loads them.
 """
 
 from __future__ import annotations
@@ -18,18 +25,218 @@ import fcntl
 import json
 import os
 import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from ttt_bench.errors import ConfigError
-from ttt_bench.profile.measure import TIDY_METRIC_COLUMNS
-from ttt_bench.sweep.cell import TRAIN_METRIC_COLUMNS
 
-FAILED_STATUSES = ("error", "oom", "timeout")
-NUMERIC_COLUMNS = (*TIDY_METRIC_COLUMNS, *TRAIN_METRIC_COLUMNS, "state_numel", "final_state_macs", "nvml_used_bytes",
-                   "wall_s", "memory_budget_bytes", "matmul_tflops_per_s")
+SCHEMA_VERSION = 1  # raise on any change to COLUMNS that an older reader would misread
+SCHEMA_VERSION_KEY = b"ttt_bench.schema_version"  # in each cell file's parquet key-value metadata
+NOT_AVAILABLE = "not available"  # what the environment says of a fact it cannot know (a number's null)
+
+STATUSES = ("ok", "oom", "error", "timeout", "diverged", "skipped")
+# Failures a rerun may cure (`ttt-bench run --retry-failed`); a diverged run diverges again with its seed.
+RETRIABLE_STATUSES = ("oom", "error", "timeout")
+# Every status that is not a result: 'ok' in one set and one of these in another is a regression.
+FAILED_STATUSES = (*RETRIABLE_STATUSES, "diverged")
+
+PASSES = ("fwd_bwd", "fwd")  # what a profiling cell times: forward+backward (training) and forward
+MEASUREMENT_OF_PASS = {"fwd_bwd": "forward_backward", "fwd": "forward"}
+PASS_OF_MEASUREMENT = {measurement: name for name, measurement in MEASUREMENT_OF_PASS.items()}
+PROFILE_MEASUREMENTS = tuple(MEASUREMENT_OF_PASS[name] for name in PASSES)
+TRAIN_MEASUREMENT = "train"  # a training cell's one summary row
+POSITION_MEASUREMENT = "loss_by_position"  # a per-token task's held-out loss over a bin of positions
+MEASUREMENTS = (*PROFILE_MEASUREMENTS, TRAIN_MEASUREMENT, POSITION_MEASUREMENT)
+
+MiB, GiB = 2**20, 2**30
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of the result rows. A metric has a `label`: the heading it is shown under, ending with
+    the shown unit (stored value x `scale`)."""
+
+    name: str
+    type: pa.DataType
+    unit: str  # of the stored value; '' for names and text
+    doc: str
+    kind: str  # 'config', 'outcome', 'metric', 'run' or 'environment'
+    label: str | None = None
+    scale: float = 1.0
+    better: str = "lower"  # 'lower' or 'higher'
+    deterministic: bool = False  # the same code and config give the same value on any run (no timer in it)
+    compared: bool = False  # in `ttt-bench compare`'s default set of metrics
+    gate_tolerance: float | None = None  # relative change the CI gate allows (timings have their own rule)
+
+    def shown(self, value: float) -> float:
+        return value * self.scale
+
+
+def _columns(kind: str, *specs: tuple) -> list[Column]:
+    """(name, type, unit, doc[, {metric fields}]) -> Columns of one kind."""
+    return [Column(*spec[:4], kind, **(spec[4] if len(spec) > 4 else {})) for spec in specs]
+
+
+STRING, INT, FLOAT = pa.string(), pa.int64(), pa.float64()
+TIMESTAMP = pa.timestamp("ms", tz="UTC")
+
+COLUMNS: tuple[Column, ...] = (
+    *_columns(
+        "config",
+        ("suite", STRING, "", "the suite's name"),
+        ("config_hash", STRING, "", "the cell's identity: a hash of its config and of how it is measured"),
+        ("variant", STRING, "", "the suite's label for the layer with its knobs"),
+        ("layer", STRING, "", "the registered layer name"),
+        ("seq_len", INT, "tokens", "sequence length N"),
+        ("batch", INT, "sequences", "batch size B"),
+        ("d_model", INT, "features", "model width D"),
+        ("n_heads", INT, "count", "heads H"),
+        ("head_dim", INT, "features", "head width d = D / H"),
+        ("dtype", STRING, "", "parameter and activation dtype"),
+        ("device", STRING, "", "'cpu', 'cuda' or 'cuda:<index>'"),
+        ("seed", INT, "", "seeds the initial weights and the inputs (and a training run's data order)"),
+        ("knobs", STRING, "", "the layer's knobs as set by the suite (JSON)"),
+        ("task", STRING, "", "training cells: the suite's label for the task"),
+        ("task_name", STRING, "", "training cells: the registered task"),
+        ("task_options", STRING, "", "training cells: the task's options (JSON)"),
+        ("n_layers", INT, "count", "training cells: blocks of the backbone"),
+        ("match_params", STRING, "", "training cells: the layer or parameter count the backbone is matched to"),
+        ("train_settings", STRING, "", "training cells: the outer loop's settings (JSON)"),
+    ),
+    *_columns(
+        "outcome",
+        ("measurement", STRING, "", f"what the row measures: one of {', '.join(MEASUREMENTS)}"),
+        ("status", STRING, "", f"one of {', '.join(STATUSES)}"),
+        ("message", STRING, "", "why a cell is not ok (empty when it is)"),
+        ("task_description", STRING, "", "training cells: the data the task loaded"),
+        ("uncounted_ops", STRING, "", "ops a FLOP counter met without a rule, 'counter:op;...'"),
+    ),
+    *_columns(
+        "metric",
+        ("time_ms", FLOAT, "ms", "median wall-clock of one call",
+         {"label": "time (ms)", "compared": True}),
+        ("time_p20_ms", FLOAT, "ms", "20th percentile of the timed calls", {"label": "time p20 (ms)"}),
+        ("time_p80_ms", FLOAT, "ms", "80th percentile of the timed calls", {"label": "time p80 (ms)"}),
+        ("time_repeats", INT, "count", "timed calls"),
+        ("tokens_per_s", FLOAT, "tokens/s", "B x N over the median time (training cells: over training)",
+         {"label": "throughput (tokens/s)", "better": "higher"}),
+        ("tflops_per_s", FLOAT, "TFLOP/s", "analytic FLOPs over the median time (training cells: over training)",
+         {"label": "achieved (TFLOP/s)", "better": "higher"}),
+        ("peak_bytes", INT, "bytes", "peak of the tracked live tensor bytes during the call",
+         {"label": "peak tracked memory (MiB)", "scale": 1 / MiB, "deterministic": True, "compared": True,
+          "gate_tolerance": 0.0}),
+        ("cuda_peak_bytes", INT, "bytes", "torch.cuda.max_memory_allocated during the call",
+         {"label": "CUDA peak memory (MiB)", "scale": 1 / MiB, "compared": True, "gate_tolerance": 0.0}),
+        ("nvml_used_bytes", INT, "bytes", "the card's used memory (NVML) after the cell"),
+        ("memory_budget_bytes", INT, "bytes", "the tracked-bytes budget the cell ran under (empty: none)"),
+        ("macs", INT, "MACs", "analytic multiply-accumulates of one call, as executed (dense)",
+         {"label": "MACs per call (MACs)", "deterministic": True}),
+        ("flops", INT, "FLOPs", "analytic FLOPs of one call: 2 per multiply-add",
+         {"label": "FLOPs per call (FLOPs)", "deterministic": True, "compared": True, "gate_tolerance": 0.0}),
+        ("useful_macs", FLOAT, "MACs", "the part of the analytic MACs a causal mask keeps"),
+        ("useful_flops", FLOAT, "FLOPs", "the part of the analytic FLOPs a causal mask keeps"),
+        ("macs_per_token", FLOAT, "MACs", "analytic MACs of one call over B x N"),
+        ("final_state_macs", INT, "MACs", "forward work that only produces the final recurrent state"),
+        ("state_numel", INT, "elements", "the recurrent state per sequence (empty: no state, as in attention)"),
+        ("macs_fvcore", FLOAT, "MACs", "forward MACs counted by fvcore's tracer"),
+        ("macs_flop_counter", INT, "MACs", "MACs counted by torch's FlopCounterMode"),
+        ("matmul_tflops_per_s", FLOAT, "TFLOP/s", "a dense matmul's rate measured in the same worker, dtype and "
+         "threads: the ceiling the cell's TFLOP/s is read against"),
+        ("accuracy", FLOAT, "fraction correct", "held-out accuracy at the end of training",
+         {"label": "accuracy (fraction correct)", "better": "higher", "deterministic": True, "compared": True,
+          "gate_tolerance": 0.01}),
+        ("eval_loss_nats", FLOAT, "nats/token", "held-out cross-entropy (loss_by_position rows: over the bin)",
+         {"label": "held-out loss (nats/token)", "deterministic": True, "compared": True, "gate_tolerance": 0.01}),
+        ("train_loss_nats", FLOAT, "nats/token", "training cross-entropy of the last steps",
+         {"label": "training loss (nats/token)", "deterministic": True}),
+        ("params", INT, "count", "trainable parameters of the model", {"label": "parameters (count)",
+                                                                        "deterministic": True}),
+        ("mlp_hidden", INT, "features", "the backbone's MLP width (after parameter matching)"),
+        ("flops_per_token", FLOAT, "FLOPs", "the model's analytic forward FLOPs per token",
+         {"label": "forward FLOPs per token (FLOPs)", "deterministic": True}),
+        ("train_flops_per_token", FLOAT, "FLOPs", "the model's analytic forward+backward FLOPs per token"),
+        ("train_flops", FLOAT, "FLOPs", "analytic FLOPs of the whole training run",
+         {"label": "training FLOPs (FLOPs)", "deterministic": True}),
+        ("train_time_s", FLOAT, "s", "wall-clock of the training steps", {"label": "training time (s)",
+                                                                          "compared": True}),
+        ("steps", INT, "count", "optimiser steps taken"),
+        ("steps_to_target", INT, "count", "steps until the target accuracy was first reached (empty: never)"),
+        ("position", INT, "token index", "loss_by_position rows: the bin's first position"),
+        ("position_end", INT, "token index", "loss_by_position rows: the bin's end (exclusive)"),
+    ),
+    *_columns(
+        "run",
+        ("started_at", TIMESTAMP, "UTC", "when the cell started"),
+        ("finished_at", TIMESTAMP, "UTC", "when the cell finished"),
+        ("wall_s", FLOAT, "s", "the whole cell's wall-clock in its worker, setup included"),
+    ),
+    *_columns(
+        "environment",
+        ("torch_version", STRING, "", "torch.__version__"),
+        ("cuda_version", STRING, "", "the CUDA torch was built with"),
+        ("python_version", STRING, "", "the interpreter"),
+        ("platform", STRING, "", "platform.platform()"),
+        ("cpu_model", STRING, "", "the CPU's model name"),
+        ("cpu_count", INT, "count", "logical CPUs of the machine"),
+        ("threads", INT, "count", "torch's intra-op threads in the worker"),
+        ("ttt_bench_version", STRING, "", "the installed ttt-bench"),
+        ("git_commit", STRING, "", "the ttt-bench checkout's commit ('+dirty' with uncommitted changes)"),
+        ("gpu_name", STRING, "", "the CUDA device's name"),
+        ("gpu_memory_bytes", INT, "bytes", "the CUDA device's memory"),
+        ("driver_version", STRING, "", "the NVIDIA driver (NVML)"),
+    ),
+)
+COLUMN = {column.name: column for column in COLUMNS}
+METRICS = {column.name: column for column in COLUMNS if column.label is not None}  # shown, compared and gated
+NUMERIC_COLUMNS = tuple(c.name for c in COLUMNS if pa.types.is_integer(c.type) or pa.types.is_floating(c.type))
+SCHEMA = pa.schema([pa.field(c.name, c.type) for c in COLUMNS],
+                   metadata={SCHEMA_VERSION_KEY: str(SCHEMA_VERSION).encode()})
+
+
+def rows_table(rows: list[dict[str, object]]) -> pa.Table:
+    """Rows as a table of SCHEMA: undeclared columns, statuses and measurements are refused (a new column is
+    declared in COLUMNS first), absent columns are null, ISO timestamps are parsed, 'not available' in a
+    numeric column is null."""
+    undeclared = sorted({key for row in rows for key in row} - COLUMN.keys())
+    if undeclared:
+        raise ValueError(f"result columns {undeclared} are not declared; declare each once in ttt_bench/results.py "
+                         f"COLUMNS (name, type, unit, meaning)")
+    for key, allowed in (("status", STATUSES), ("measurement", MEASUREMENTS)):
+        unknown = sorted({str(row.get(key)) for row in rows} - set(allowed))
+        if unknown:
+            raise ValueError(f"result {key} {unknown} is not one of {list(allowed)} (ttt_bench/results.py)")
+    arrays = [_array(column, [row.get(column.name) for row in rows]) for column in COLUMNS]
+    return pa.Table.from_arrays(arrays, schema=SCHEMA)
+
+
+def _array(column: Column, values: list[object]) -> pa.Array:
+    if pa.types.is_timestamp(column.type):
+        values = [datetime.fromisoformat(v) if isinstance(v, str) else v for v in values]
+    elif column.type != STRING:
+        values = [None if isinstance(v, str) and v == NOT_AVAILABLE else v for v in values]
+    return pa.array(values, type=column.type, from_pandas=True)
+
+
+def conform(table: pa.Table) -> pa.Table:
+    """A cell file's table in SCHEMA: a current file as it is; an older one (columns typed by their values,
+    nulls as a null type, timestamps as text) converted, its undeclared columns kept after the declared ones."""
+    if table.schema.metadata and table.schema.metadata.get(SCHEMA_VERSION_KEY) == str(SCHEMA_VERSION).encode():
+        return table.select(SCHEMA.names).cast(SCHEMA) if table.schema.names != SCHEMA.names else table
+    frame = table.to_pandas()
+    present = [name for name in SCHEMA.names if name in frame]
+    declared = rows_table(frame[present].astype(object).where(frame[present].notna(), None).to_dict("records")
+                          if present else [{}] * len(frame))
+    extra = [name for name in table.column_names if name not in COLUMN]
+    for name in extra:
+        declared = declared.append_column(table.schema.field(name), table.column(name))
+    return declared
 
 
 class RunLockedError(ConfigError):
@@ -44,15 +251,15 @@ class ResultStore:
     def write_cell(self, config_hash: str, rows: list[dict[str, object]]) -> None:
         """Replace the cell's rows, atomically."""
         self.cells_dir.mkdir(parents=True, exist_ok=True)
-        frame = pd.DataFrame(rows)
-        _replace_atomically(self.cells_dir / f"{config_hash}.parquet", lambda file: frame.to_parquet(file, index=False))
+        table = rows_table(rows)
+        _replace_atomically(self.cells_dir / f"{config_hash}.parquet", lambda file: pq.write_table(table, file))
 
     def statuses(self) -> dict[str, str]:
         """config hash -> status of every finished cell."""
         statuses = {}
         for path in self._cell_files():
-            status = pd.read_parquet(path, columns=["status"]).status
-            statuses[path.stem] = str(status.iloc[0]) if len(status) else "error"
+            status = pq.read_table(path, columns=["status"]).column("status").to_pylist()
+            statuses[path.stem] = str(status[0]) if status else "error"
         return statuses
 
     def modification_times(self) -> dict[str, int]:
@@ -62,21 +269,15 @@ class ResultStore:
     def read_cell(self, config_hash: str) -> pd.DataFrame | None:
         """The cell's rows, or None when it has not finished."""
         path = self.cells_dir / f"{config_hash}.parquet"
-        return pd.read_parquet(path) if path.exists() else None
+        return conform(pq.read_table(path)).to_pandas() if path.exists() else None
 
     def load(self) -> pd.DataFrame:
-        """Every finished cell's rows, in the order the cells finished."""
+        """Every finished cell's rows, in the order the cells finished, with every declared column."""
         files = sorted(self._cell_files(), key=lambda p: p.stat().st_mtime_ns)
-        frames = [pd.read_parquet(path) for path in files]
-        frames = [frame for frame in frames if not frame.empty]
-        if not frames:
-            return pd.DataFrame()
-        frame = pd.concat(frames, ignore_index=True)
-        # A metric that no row of a cell has (a skipped or failed cell) is stored as nulls; keep it numeric.
-        for column in NUMERIC_COLUMNS:
-            if column in frame and frame[column].dtype == object:
-                frame[column] = pd.to_numeric(frame[column])
-        return frame
+        tables = [table for table in (conform(pq.read_table(path)) for path in files) if table.num_rows]
+        if not tables:
+            return SCHEMA.empty_table().to_pandas()
+        return pa.concat_tables(tables, promote_options="default").to_pandas()
 
     def write_run_files(self, env: dict[str, object], suite_text: str) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -120,6 +321,22 @@ def load_results(root: str | Path) -> pd.DataFrame:
     return ResultStore(root).load()
 
 
+def columns_reference() -> str:
+    """docs/result-columns.md, generated from COLUMNS (a test keeps the committed file equal to it)."""
+    lines = ["# Result columns", "",
+             "Generated from `ttt_bench/results.py` (`python -m ttt_bench.results > docs/result-columns.md`); "
+             f"schema version {SCHEMA_VERSION}. Every cell file has all of these columns, in this order; a "
+             "column a row has no value for is null.", "",
+             f"Statuses: {', '.join(STATUSES)}. Measurements: {', '.join(MEASUREMENTS)}.", ""]
+    for kind in dict.fromkeys(column.kind for column in COLUMNS):
+        lines += [f"## {kind}", "", "| column | type | unit | meaning |", "|---|---|---|---|"]
+        lines += [f"| `{c.name}` | {c.type} | {c.unit or '—'} | {c.doc}"
+                  + (f"; shown as {c.label}, {c.better} is better" if c.label else "") + " |"
+                  for c in COLUMNS if c.kind == kind]
+        lines.append("")
+    return "\n".join(lines)
+
+
 def _replace_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """`write` into a temporary file beside `path`, flush it to disk, then rename it over `path`: a reader
     (or a run killed at any moment) sees the old file or the new one, never a part."""
@@ -133,3 +350,7 @@ def _replace_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+if __name__ == "__main__":
+    print(columns_reference(), end="")

@@ -1,9 +1,9 @@
 """The layer zoo. Importing this package registers every family, and settles MKL's vector-math
 kernels before any layer runs on several threads (see ttt_bench/layers/vml_warmup.py)."""
 
-from ttt_bench.layers.vml_warmup import resolve_vml_dispatch
+from ttt_bench.layers import attention, delta_rule, fast_weights, linear, ttt  # noqa: F401  (registers the families)
 from ttt_bench.layers.registry import build, config, is_causal, knobs, names, register, variant
-from ttt_bench.layers import attention, linear, fast_weights, ttt  # noqa: F401  (registers the families)
+from ttt_bench.layers.vml_warmup import resolve_vml_dispatch
 
 resolve_vml_dispatch()
 

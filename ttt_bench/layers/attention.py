@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ttt_bench.layers.base import LayerCost, MixerConfig, SequenceMixer, autograd_backward_macs, check_choice, knob
+from ttt_bench.config import check_choice, knob
+from ttt_bench.layers.base import LayerCost, MixerConfig, SequenceMixer, autograd_backward_macs
 from ttt_bench.layers.registry import register
 
 

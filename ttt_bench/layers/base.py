@@ -5,46 +5,13 @@ Shapes: x: [B, N, D] (batch, sequence length, model width); per head q, k, v: [B
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any, Iterable
 
 import torch
 from torch import nn
 
+from ttt_bench.config import check_at_least, knob
 from ttt_bench.errors import ConfigError
-
-
-def knob(default: Any, doc: str) -> Any:
-    """A config field with its one-line documentation (shown by `ttt-bench ls`)."""
-    return dataclasses.field(default=default, metadata={"doc": doc})
-
-
-def check_choice(layer: str, field: str, value: Any, allowed: Iterable[Any]) -> None:
-    allowed = list(allowed)
-    if value not in allowed:
-        raise ConfigError(f"{layer}: {field}={value!r} is not allowed; choose one of {allowed}")
-
-
-def check_at_least(layer: str, field: str, value: Any, minimum: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
-        raise ConfigError(f"{layer}: {field}={value!r} is not allowed; it must be a number >= {minimum}")
-
-
-def check_integer(owner: str, field: str, value: Any, minimum: int) -> None:
-    """`owner` names what is being set up in the message: a layer, 'model', 'train', "task 'mqar'"."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{owner}: {field}={value!r} is not allowed; it must be an integer >= {minimum}")
-
-
-def check_positive(layer: str, field: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ConfigError(f"{layer}: {field}={value!r} is not allowed; it must be a number > 0")
-
-
-def check_open_unit(layer: str, field: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
-        raise ConfigError(f"{layer}: {field}={value!r} is not allowed; it must lie strictly between 0 and 1")
 
 
 @dataclass

@@ -19,17 +19,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ttt_bench.config import check_at_least, check_choice, knob
 from ttt_bench.errors import ConfigError
-from ttt_bench.layers.base import (
-    LayerCost,
-    MixerConfig,
-    SequenceMixer,
-    autograd_backward_macs,
-    check_at_least,
-    check_choice,
-    knob,
-    with_ones,
-)
+from ttt_bench.layers.base import LayerCost, MixerConfig, SequenceMixer, autograd_backward_macs, with_ones
 from ttt_bench.layers.chunking import chunk_pairs, from_chunks, to_chunks
 from ttt_bench.layers.registry import register
 
@@ -43,7 +35,7 @@ def linear_attention_recurrent(q, k, v, causal: bool) -> tuple[torch.Tensor, tor
     """Reference: (o [B, H, N, e], final state S_N [B, H, d, e]), one token at a time."""
     state = q.new_zeros(*q.shape[:-2], q.shape[-1], v.shape[-1])
     outputs = []
-    for k_t, v_t, q_t in zip(k.unbind(-2), v.unbind(-2), q.unbind(-2)):
+    for k_t, v_t, q_t in zip(k.unbind(-2), v.unbind(-2), q.unbind(-2), strict=False):
         state = state + k_t[..., :, None] * v_t[..., None, :]
         if causal:
             outputs.append((q_t[..., None, :] @ state).squeeze(-2))

@@ -11,9 +11,10 @@ suite can sweep any knob of any variant; an unknown knob or name raises an error
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from torch import nn
 

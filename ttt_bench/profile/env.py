@@ -11,8 +11,7 @@ from pathlib import Path
 import torch
 
 from ttt_bench.profile.memory import nvml_device_info
-
-NOT_AVAILABLE = "not available"
+from ttt_bench.results import NOT_AVAILABLE
 
 
 def environment(device: str | torch.device = "cpu") -> dict[str, object]:

@@ -18,12 +18,13 @@ from __future__ import annotations
 import math
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from ttt_bench.profile.op_policy import is_not_matmul, op_name
 
@@ -142,8 +143,8 @@ def _einsum_macs(equation: str, shapes: list[list[int]]) -> int | None:
     if len(shapes) == 1:
         return 0
     sizes: dict[str, int] = {}
-    for letters, shape in zip(inputs, shapes):
-        sizes.update(zip(letters, shape))
+    for letters, shape in zip(inputs, shapes, strict=False):
+        sizes.update(zip(letters, shape, strict=False))
     return math.prod(sizes.values())
 
 
@@ -201,7 +202,9 @@ def count_with_fvcore(module: torch.nn.Module, *inputs: torch.Tensor) -> OpCount
         return counts
 
     def analysis_with(handles):
-        from fvcore.nn import FlopCountAnalysis  # here: importing fvcore.nn warns, and only counting needs it
+        from fvcore.nn import (
+            FlopCountAnalysis,  # here: importing fvcore.nn warns, and only counting needs it
+        )
 
         analysis = FlopCountAnalysis(module, inputs).clear_op_handles().set_op_handle(**handles)
         # fvcore skips a fixed list of ops (relu, masked_fill, copy_, ...) without a word; emptied so

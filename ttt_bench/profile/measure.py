@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import gc
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -20,6 +21,7 @@ from ttt_bench.layers.base import LayerCost
 from ttt_bench.profile.flops import count_with_flop_counter, count_with_fvcore
 from ttt_bench.profile.memory import measure_cuda_peak_bytes, measure_peak_bytes, nvml_device_info
 from ttt_bench.profile.timing import Timing, time_callable
+from ttt_bench.results import MEASUREMENT_OF_PASS, PASSES
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -99,7 +101,6 @@ class Workload:
 
 
 METRICS = ("flops", "memory", "time")  # what measure_cell can collect; the analytic cost is always there
-PASSES = ("fwd_bwd", "fwd")  # forward+backward (training) and forward with autograd recording
 
 FULL_BUDGET = TimingBudget(min_total_s=0.5, min_repeats=5, slow_call_s=1.0, slow_min_repeats=3)
 QUICK_BUDGET = TimingBudget(min_total_s=0.2, min_repeats=3, slow_call_s=0.5, slow_min_repeats=2)
@@ -169,7 +170,6 @@ def measure_cell(
     return row
 
 
-MEASUREMENT_NAMES = {"fwd": "forward", "fwd_bwd": "forward_backward"}
 # Tidy names of the per-pass columns whose short form would not say what they hold.
 _TIDY_RENAMES = {"ms": "time_ms", "p20_ms": "time_p20_ms", "p80_ms": "time_p80_ms", "repeats": "time_repeats"}
 
@@ -177,11 +177,11 @@ _TIDY_RENAMES = {"ms": "time_ms", "p20_ms": "time_p20_ms", "p80_ms": "time_p80_m
 def tidy_rows(row: dict[str, object], passes: tuple[str, ...] = PASSES) -> list[dict[str, object]]:
     """`row` (measure_cell's, one per cell) as one row per measurement, `measurement` naming the pass
     ('forward', 'forward_backward'): a pass's `fwd_*` / `fwd_bwd_*` columns lose their prefix, the rest
-    (config, status, state size, uncounted ops) is repeated in each. Every row has TIDY_METRIC_COLUMNS,
+    (config, status, state size, uncounted ops) is repeated in each. Every row has every per-pass column,
     empty (None) where the pass has no such value."""
     shared = {key: value for key, value in row.items() if not key.startswith("fwd_")}
     return [
-        {"measurement": MEASUREMENT_NAMES[name], **shared,
+        {"measurement": MEASUREMENT_OF_PASS[name], **shared,
          **{column: row.get(wide) for column, wide in _tidy_to_wide(name).items()}}
         for name in passes
     ]
@@ -197,7 +197,6 @@ _PASS_COLUMNS = list(dict.fromkeys(
     column.removeprefix("fwd_bwd_") if column.startswith("fwd_bwd_") else column.removeprefix("fwd_")
     for column in ROW_COLUMNS if column.startswith("fwd_")
 ))
-TIDY_METRIC_COLUMNS = [_TIDY_RENAMES.get(short, short) for short in _PASS_COLUMNS]
 
 
 def analytic_columns(cost: LayerCost) -> dict[str, object]:

@@ -70,7 +70,7 @@ def is_not_matmul(name: str) -> bool:
     return any(n in _NOT_MATMUL_UNTAGGED or _tagged_not_matmul(n) for n in {name, base})
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tagged_not_matmul(name: str) -> bool:
     """An aten op tagged pointwise or reduction, or one that returns a view of an input."""
     packet = getattr(torch.ops.aten, name, None)

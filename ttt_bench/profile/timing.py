@@ -7,8 +7,9 @@ precede every call without being timed (zeroing gradients) goes in `setup`.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch

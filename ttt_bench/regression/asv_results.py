@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ttt_bench.regression.benchmark_grid import PARAMETER_AXES, TRAINING_PARAMETER_AXES
 from ttt_bench.errors import ConfigError
+from ttt_bench.regression.benchmark_grid import PARAMETER_AXES, TRAINING_PARAMETER_AXES
 
 # Benchmark method (suites/benchmarks.py) -> (measurement, metric column in ttt-bench units, factor from asv's unit).
 BENCHMARK_METRICS = {
@@ -65,17 +65,17 @@ def load_asv_results(path: str | Path) -> pd.DataFrame:
         if method not in BENCHMARK_METRICS:
             continue
         measurement, metric, factor = BENCHMARK_METRICS[method]
-        entry = dict(zip(columns, stored))
+        entry = dict(zip(columns, stored, strict=False))
         names = _param_names(benchmark, entry["params"])
         combinations = pd.MultiIndex.from_product(entry["params"]).to_list()
         values = entry["result"] if entry["result"] is not None else [None] * len(combinations)
         if all(_skipped(value) for value in values):
             continue
-        for combination, value in zip(combinations, values):
+        for combination, value in zip(combinations, values, strict=False):
             status = "error" if value is None else "skipped" if _skipped(value) else "ok"
             rows.append({
                 **environment, "benchmark": benchmark, "config_hash": "/".join(map(str, combination)),
-                **{n: _param_value(v) for n, v in zip(names, combination)},
+                **{n: _param_value(v) for n, v in zip(names, combination, strict=False)},
                 "measurement": measurement, "status": status,
                 "message": FAILED_MESSAGE if status == "error" else "",
                 metric: value * factor if status == "ok" else math.nan,

@@ -27,7 +27,7 @@ class BenchmarkGrid:
         """The suite's cell at these parameter values; NotImplementedError (asv: skipped) where it has none
         to run, naming the reason."""
         planned = self.cells.get(values)
-        described = ", ".join(f"{name}={value}" for name, value in zip(self.param_names, values))
+        described = ", ".join(f"{name}={value}" for name, value in zip(self.param_names, values, strict=False))
         if planned is None:
             raise NotImplementedError(f"{described}: not in suite {self.suite.name!r} (its [[only]] rules)")
         if planned.skip_reason is not None:

@@ -17,13 +17,14 @@ import shutil
 from pathlib import Path
 
 from ttt_bench.errors import ConfigError
+from ttt_bench.results import METRICS
 
 DEFAULT_BASELINE = Path("suites/baseline/cpu.json")
 DEFAULT_RESULTS = Path(".asv/results")  # asv.conf.json's results_dir
 TIME_FACTOR = 2.5  # a timing regresses beyond this many times the baseline's (same-commit runs here: 0.76-1.64x)
 # Relative tolerances: a change beyond one is a regression (or an improvement).
-DETERMINISTIC_TOLERANCES = {"flops": 0.0, "peak_bytes": 0.0, "cuda_peak_bytes": 0.0, "accuracy": 0.01,
-                            "eval_loss_nats": 0.01}
+DETERMINISTIC_TOLERANCES = {name: metric.gate_tolerance for name, metric in METRICS.items()
+                            if metric.gate_tolerance is not None}
 
 
 def gate_thresholds(same_cpu: bool, time_factor: float = TIME_FACTOR) -> dict[str, float]:

@@ -17,11 +17,8 @@ from ttt_bench.errors import ConfigError
 from ttt_bench.report import figures, frames, frontier, pareto, scaling
 from ttt_bench.report.document import FIGURES_DIR, Document, Section, Table, write_html, write_markdown
 from ttt_bench.report.peaks import datasheet_tflops
-from ttt_bench.profile.env import NOT_AVAILABLE
 from ttt_bench.report.tables import shown
-from ttt_bench.report.units import GiB
-from ttt_bench.results import load_results
-
+from ttt_bench.results import NOT_AVAILABLE, GiB, load_results
 
 
 @dataclass(frozen=True)
@@ -32,7 +29,7 @@ class ReportOptions:
 
 def build_report(result_dirs: list[Path], out: Path, options: ReportOptions = ReportOptions()) -> Path:
     """Write the report of `result_dirs` into `out`; returns the path of report.html."""
-    frame = frames.with_all_columns(pd.concat([load_results(d) for d in result_dirs], ignore_index=True))
+    frame = pd.concat([load_results(d) for d in result_dirs], ignore_index=True)
     if frame.empty:
         raise ConfigError(f"{', '.join(map(str, result_dirs))}: no finished cells to report on; run a suite first")
     out.mkdir(parents=True, exist_ok=True)
@@ -252,7 +249,9 @@ def _facts(frame: pd.DataFrame, result_dirs: list[Path]) -> list[tuple[str, str]
               ("platform", values("platform")), ("ttt-bench", values("ttt_bench_version")),
               ("commit", values("git_commit"))]
     if "started_at" in frame and frame["started_at"].notna().any():
-        facts.append(("ran (UTC)", f"{frame['started_at'].dropna().min()} to {frame['finished_at'].dropna().max()}"))
+        first, last = frame["started_at"].dropna().min(), frame["finished_at"].dropna().max()
+        facts.append(("ran (UTC)", f"{first.isoformat(timespec='milliseconds')} to "
+                                   f"{last.isoformat(timespec='milliseconds')}"))
     facts.append(("cells (count)", f"{frame['config_hash'].nunique() if 'config_hash' in frame else len(frame)}"))
     return facts
 

@@ -9,18 +9,18 @@ cuda) is what is being compared: it leaves the match key and is named in the doc
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 
 from ttt_bench.errors import ConfigError
 from ttt_bench.report.tables import MISSING, markdown_table  # MISSING also keys nulls: they match each other
-from ttt_bench.report.units import METRICS, Metric, label
-from ttt_bench.results import load_results
+from ttt_bench.report.units import METRICS, label
+from ttt_bench.results import FAILED_STATUSES, Column, load_results
 
-DEFAULT_METRICS = ("time_ms", "peak_bytes", "cuda_peak_bytes", "flops", "accuracy", "eval_loss_nats", "train_time_s")
+DEFAULT_METRICS = tuple(name for name, metric in METRICS.items() if metric.compared)
 DEFAULT_THRESHOLD = 0.10  # relative change: 0.1 means 10% worse than A
 ALL_METRICS = "*"  # the thresholds key of the default for every metric without its own
 
@@ -29,8 +29,6 @@ KEY_COLUMNS = ("variant", "layer", "knobs", "seq_len", "batch", "d_model", "n_he
 # Which rows of a cell are meant, not how it was set up: never treated as the compared setting.
 ROW_COLUMNS = ("measurement", "position")
 ENVIRONMENT_COLUMNS = ("git_commit", "gpu_name", "cpu_model", "torch_version")
-# The failures a run records; any status but 'ok' and 'skipped' counts as one.
-FAILING_STATUSES = ("oom", "error", "timeout", "diverged")
 REGRESSION, IMPROVEMENT = "regression", "improvement"
 # Config columns another column names: a variant labels its layer and knobs, a task label its options.
 NAMED_BY = {"layer": "variant", "knobs": "variant", "task_options": "task"}
@@ -155,7 +153,7 @@ def format_comparison(comparison: Comparison, name_a: str, name_b: str, notes: t
         "", "Thresholds (relative change beyond which a difference counts): " + _describe_thresholds(c.thresholds),
         *(line for note in notes for line in ("", note)),
         "",
-        "A cell that was ok in A and failed in B (" + "/".join(FAILING_STATUSES) + ") is a regression whatever the "
+        "A cell that was ok in A and failed in B (" + "/".join(FAILED_STATUSES) + ") is a regression whatever the "
         "thresholds. Regressions and improvements are counted per table row: one metric of one measurement, or one "
         "cell's status.",
         "", f"**{_count(c.regressions, REGRESSION)}, {_count(c.improvements, IMPROVEMENT)} beyond the thresholds; "
@@ -277,7 +275,7 @@ def _metric_table(rows: pd.DataFrame, metric: str, threshold: float) -> pd.DataF
     both = rows[(rows.status_a == "ok") & (rows.status_b == "ok")
                 & rows[f"{metric}_a"].notna() & rows[f"{metric}_b"].notna()]
     table = both.index.to_frame(index=False).assign(a=both[f"{metric}_a"].to_numpy(), b=both[f"{metric}_b"].to_numpy())
-    table["ratio"] = [_ratio(a, b) for a, b in zip(table.a, table.b)]
+    table["ratio"] = [_ratio(a, b) for a, b in zip(table.a, table.b, strict=False)]
     lower_better = METRICS[metric].better == "lower"
     table["verdict"] = [_verdict(ratio, threshold, lower_better) for ratio in table.ratio]
     worse_first = table.ratio if lower_better else -table.ratio
@@ -306,7 +304,7 @@ def _status_changes(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
         a_status=a.status[changed].to_numpy(), b_status=b.status[changed].to_numpy(),
         b_message=b.message[changed].fillna("").to_numpy())
     table["verdict"] = [REGRESSION if old == "ok" and _failed(new) else IMPROVEMENT if _failed(old) and new == "ok"
-                        else "" for old, new in zip(table.a_status, table.b_status)]
+                        else "" for old, new in zip(table.a_status, table.b_status, strict=False)]
     rank = table.verdict.map({REGRESSION: 0, IMPROVEMENT: 1, "": 2})
     return table.iloc[rank.argsort(kind="stable")].reset_index(drop=True)
 
@@ -343,7 +341,7 @@ def _describe_set(frame: pd.DataFrame) -> dict[str, str]:
 
 def _describe_key(values: object, key: list[str]) -> str:
     values = values if isinstance(values, tuple) else (values,)
-    return " ".join(f"{column}={value}" for column, value in zip(key, values))
+    return " ".join(f"{column}={value}" for column, value in zip(key, values, strict=False))
 
 
 def _describe_thresholds(thresholds: dict[str, float]) -> str:
@@ -386,11 +384,11 @@ def _identity(table: pd.DataFrame, varying: list[str]) -> pd.DataFrame:
     return table[[column for column in table.columns if shown(column)]].rename(columns=label).reset_index(drop=True)
 
 
-def _shown_metric_table(identity: pd.DataFrame, table: pd.DataFrame, metric: Metric) -> pd.DataFrame:
+def _shown_metric_table(identity: pd.DataFrame, table: pd.DataFrame, metric: Column) -> pd.DataFrame:
     beyond = table.verdict != ""
 
     def shown(values: pd.Series, text: Callable[[float], str]) -> list[str]:
-        return [f"**{text(value)}**" if bold else text(value) for value, bold in zip(values, beyond)]
+        return [f"**{text(value)}**" if bold else text(value) for value, bold in zip(values, beyond, strict=False)]
 
     return identity.assign(**{
         f"A {metric.label}": shown(table.a * metric.scale, _number),

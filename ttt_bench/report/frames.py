@@ -8,27 +8,16 @@ import math
 
 import pandas as pd
 
-from ttt_bench.results import NUMERIC_COLUMNS
-from ttt_bench.sweep.suite import MEASUREMENTS, TRAIN_MEASUREMENT
-from ttt_bench.sweep.cell import POSITION_MEASUREMENT
+from ttt_bench.results import POSITION_MEASUREMENT, PROFILE_MEASUREMENTS, TRAIN_MEASUREMENT
 
 SETTING_COLUMNS = ("device", "dtype", "batch", "d_model", "n_heads")  # fixed within one scaling figure
 POINT_METRICS = ("time_ms", "time_p20_ms", "time_p80_ms", "peak_bytes", "flops", "useful_flops",
                  "matmul_tflops_per_s", "memory_budget_bytes")
 FAILURE_COLUMNS = ["variant", "task", "seq_len", "measurement", "status", "message"]
-TEXT_COLUMNS = ("suite", "config_hash", "task", "gpu_name", "gpu_memory_bytes", "message")
-
-
-def with_all_columns(frame: pd.DataFrame) -> pd.DataFrame:
-    """`frame` with every metric and text column the report reads, empty where a run did not record it (a
-    profiling-only run has no accuracy; results from older versions lack newer columns)."""
-    missing = {column: float("nan") for column in NUMERIC_COLUMNS if column not in frame}
-    missing |= {column: None for column in TEXT_COLUMNS if column not in frame}
-    return frame.assign(**missing) if missing else frame
 
 
 def profile_rows(frame: pd.DataFrame) -> pd.DataFrame:
-    return _rows_of(frame, MEASUREMENTS)
+    return _rows_of(frame, PROFILE_MEASUREMENTS)
 
 
 def train_rows(frame: pd.DataFrame) -> pd.DataFrame:

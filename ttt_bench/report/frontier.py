@@ -1,6 +1,6 @@
 """The out-of-memory frontier per layer: the largest N that fit the memory budget, as measured (a sweep's
-largest 'ok' N and first 'oom' N, or the bisection of `ttt-bench oom`) and as predicted by the memory fit of
-ttt_bench.sweep.oom at that budget.
+largest 'ok' N and first 'oom' N, or the bisection of `ttt-bench oom`) and as predicted by the memory fit
+(ttt_bench.profile.memory_fit) at that budget.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ttt_bench.sweep.oom import fit_memory
+from ttt_bench.profile.memory_fit import fit_memory
 from ttt_bench.report.frames import first_out_of_memory_seq_len
 
 COLUMNS = ["variant", "measurement", "budget_bytes", "max_seq_len", "first_failing_seq_len", "predicted_max_seq_len",

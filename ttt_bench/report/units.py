@@ -1,46 +1,12 @@
-"""What each result column means on a page: its label with the unit, the scale from the stored unit to the
-shown one, and which direction is better. Reports, tables and comparisons all read their labels here, so a
-number never appears without its unit.
+"""What each column means on a page: its heading with the unit and the scale from the stored unit to the
+shown one. Measured columns are declared in ttt_bench/results.py (METRICS); the columns the report derives
+and the configuration columns are labelled here. Reports, tables and comparisons all read their headings
+here, so a number never appears without its unit.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-MiB = 2**20
-GiB = 2**30
-
-
-@dataclass(frozen=True)
-class Metric:
-    column: str  # as stored in the results
-    label: str  # as shown, ending with the unit in parentheses
-    scale: float = 1.0  # shown = stored * scale
-    better: str = "lower"  # 'lower' or 'higher'
-    deterministic: bool = False  # the same code and config give the same value on any run (no timer in it)
-
-    def shown(self, value: float) -> float:
-        return value * self.scale
-
-
-METRICS = {metric.column: metric for metric in (
-    Metric("time_ms", "time (ms)"),
-    Metric("time_p20_ms", "time p20 (ms)"),
-    Metric("time_p80_ms", "time p80 (ms)"),
-    Metric("peak_bytes", "peak tracked memory (MiB)", scale=1 / MiB, deterministic=True),
-    Metric("cuda_peak_bytes", "CUDA peak memory (MiB)", scale=1 / MiB),
-    Metric("flops", "FLOPs per call (FLOPs)", deterministic=True),
-    Metric("macs", "MACs per call (MACs)", deterministic=True),
-    Metric("tokens_per_s", "throughput (tokens/s)", better="higher"),
-    Metric("tflops_per_s", "achieved (TFLOP/s)", better="higher"),
-    Metric("accuracy", "accuracy (fraction correct)", better="higher", deterministic=True),
-    Metric("eval_loss_nats", "held-out loss (nats/token)", deterministic=True),
-    Metric("train_loss_nats", "training loss (nats/token)", deterministic=True),
-    Metric("train_time_s", "training time (s)"),
-    Metric("params", "parameters (count)", deterministic=True),
-    Metric("flops_per_token", "forward FLOPs per token (FLOPs)", deterministic=True),
-    Metric("train_flops", "training FLOPs (FLOPs)", deterministic=True),
-)}
+from ttt_bench.results import METRICS, MiB
 
 # Columns that name a cell rather than measure it; shown as they are.
 IDENTITY_LABELS = {

@@ -13,16 +13,10 @@ import math
 
 from ttt_bench.errors import ConfigError
 from ttt_bench.profile.measure import DTYPES, first_line, is_out_of_memory, release_memory
-from ttt_bench.sweep.suite import TRAIN_MEASUREMENT, PlannedCell
+from ttt_bench.results import POSITION_MEASUREMENT, TRAIN_MEASUREMENT
+from ttt_bench.sweep.suite import PlannedCell
 from ttt_bench.training.tasks import load_task
 from ttt_bench.training.train import TrainResult, train_model
-
-POSITION_MEASUREMENT = "loss_by_position"
-TRAIN_METRIC_COLUMNS = [
-    "accuracy", "eval_loss_nats", "train_loss_nats", "params", "mlp_hidden", "flops_per_token",
-    "train_flops_per_token", "train_flops", "train_time_s", "tokens_per_s", "tflops_per_s", "steps",
-    "steps_to_target", "position", "position_end",
-]
 
 
 def train_cell(planned: PlannedCell) -> list[dict[str, object]]:

@@ -6,8 +6,8 @@ wherever it runs, so the search is deterministic and testable anywhere. On CUDA 
 at the budget too (a fraction of the card by default). Every probe is a cell of the results folder, run
 in the crash-isolated worker, so a rerun reuses the probes already made.
 
-Beside the search, the peaks measured at a few small N are fitted with a polynomial in N,
-peak(N) = c0 + c1 N + c2 N^2 bytes, which predicts the frontier for any budget (say an 80 GB card).
+Beside the search, the peaks measured at a few small N are fitted with a polynomial in N
+(ttt_bench.profile.memory_fit), which predicts the frontier for any budget (say an 80 GB card).
 """
 
 from __future__ import annotations
@@ -15,23 +15,19 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-import numpy as np
 import pandas as pd
 import torch
 
 from ttt_bench.profile.env import environment
-from ttt_bench.profile.measure import MEASUREMENT_NAMES
+from ttt_bench.profile.memory_fit import MemoryFit, fit_memory
+from ttt_bench.results import PASS_OF_MEASUREMENT, ResultStore
 from ttt_bench.sweep.progress import Progress
-from ttt_bench.results import ResultStore
 from ttt_bench.sweep.runner import GiB, Worker, check_devices
 from ttt_bench.sweep.suite import OomSettings, PlannedCell, Suite, SuiteError
-
-PASS_OF_MEASUREMENT = {measurement: name for name, measurement in MEASUREMENT_NAMES.items()}
-LINE_TOLERANCE = 0.02  # relative; see fit_memory
 
 
 @dataclass(frozen=True)
@@ -101,49 +97,6 @@ def search_frontier(probe: Callable[[int], Probe], settings: OomSettings) -> Fro
             return stopped(result)
         lo, hi = (result, hi) if result.fits else (lo, result)
     return Frontier("found", lo.seq_len, hi.seq_len, lo, len(seen))
-
-
-@dataclass(frozen=True)
-class MemoryFit:
-    """peak(N) = c0 + c1 N + c2 N^2 bytes, fitted to peaks measured at a few N."""
-
-    coefficients: tuple[float, float, float]
-    seq_lens: tuple[int, ...]
-
-    def predict_bytes(self, seq_len: float) -> float:
-        c0, c1, c2 = self.coefficients
-        return c0 + c1 * seq_len + c2 * seq_len**2
-
-    def max_seq_len(self, budget_bytes: float) -> float:
-        """The largest N with predict_bytes(N) <= budget (inf when memory does not grow with N)."""
-        c0, c1, c2 = self.coefficients
-        room = budget_bytes - c0
-        if room < 0:
-            return 0.0
-        if c2 > 0:
-            return (-c1 + math.sqrt(c1 * c1 + 4 * c2 * room)) / (2 * c2)
-        return room / c1 if c1 > 0 else math.inf
-
-
-def fit_memory(seq_lens: list[int], peak_bytes: list[float]) -> MemoryFit | None:
-    """A straight line in N, or a quadratic where the line misses a point by more than LINE_TOLERANCE;
-    least squares on relative error (each point weighted by 1 / its peak), so the small N whose peaks
-    carry fixed overheads do not decide the slope. None with fewer than two distinct lengths.
-
-    A quadratic fitted to memory that is linear picks up a tiny N^2 term from small-N overheads, and at the
-    frontier (N ten or a hundred times larger) that term dominates; hence the line unless it fails.
-    """
-    if len(set(seq_lens)) < 2:
-        return None
-    n = np.asarray(seq_lens, dtype=float)
-    y = np.asarray(peak_bytes, dtype=float)
-    polyfit = np.polynomial.polynomial.polyfit
-    coefficients = polyfit(n, y, 1, w=1 / y)
-    line_misses = np.max(np.abs(np.polynomial.polynomial.polyval(n, coefficients) / y - 1)) > LINE_TOLERANCE
-    if line_misses and len(set(seq_lens)) >= 3:
-        coefficients = polyfit(n, y, 2, w=1 / y)
-    padded = tuple(float(c) for c in coefficients) + (0.0,) * (3 - len(coefficients))
-    return MemoryFit(padded, tuple(int(s) for s in seq_lens))
 
 
 def budget_bytes(suite: Suite, device: str) -> int:

@@ -12,7 +12,7 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-from ttt_bench.results import FAILED_STATUSES
+from ttt_bench.results import RETRIABLE_STATUSES
 
 
 class Progress:
@@ -37,7 +37,7 @@ class Progress:
     def finish(self, cell: str, status: str, seconds: float) -> None:
         with self._lock:
             self.done += 1
-            self.failures += status in FAILED_STATUSES
+            self.failures += status in RETRIABLE_STATUSES
             if self._bar is not None:
                 self._bar.set_postfix_str(f"failures {self.failures}", refresh=False)
                 self._bar.update(1)

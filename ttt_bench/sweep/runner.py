@@ -17,7 +17,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Protocol
@@ -28,10 +28,10 @@ from ttt_bench.profile.env import environment
 from ttt_bench.profile.matmul_peak import matmul_tflops_per_s
 from ttt_bench.profile.measure import DTYPES, measure_cell, tidy_rows
 from ttt_bench.profile.memory import available_memory_bytes
-from ttt_bench.sweep.progress import Progress
-from ttt_bench.results import FAILED_STATUSES, ResultStore
-from ttt_bench.sweep.suite import PlannedCell, Suite, SuiteError
+from ttt_bench.results import RETRIABLE_STATUSES, ResultStore
 from ttt_bench.sweep.cell import train_cell
+from ttt_bench.sweep.progress import Progress
+from ttt_bench.sweep.suite import PlannedCell, Suite, SuiteError
 
 GiB = 2**30
 READY = "ready"
@@ -47,7 +47,7 @@ class RunSummary:
 
     @property
     def failures(self) -> int:
-        return sum(count for status, count in self.statuses.items() if status in FAILED_STATUSES)
+        return sum(count for status, count in self.statuses.items() if status in RETRIABLE_STATUSES)
 
 
 class Executor(Protocol):
@@ -67,7 +67,7 @@ def needs_run(cell: PlannedCell, status: str | None, retry_failed: bool) -> bool
         return True
     if status == "skipped":
         return cell.skip_reason is None
-    return retry_failed and status in FAILED_STATUSES
+    return retry_failed and status in RETRIABLE_STATUSES
 
 
 def run_suite(
@@ -299,5 +299,5 @@ def memory_budget_bytes(cell: PlannedCell) -> int | None:
 
 
 def now_utc() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 

@@ -13,8 +13,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from ttt_bench.sweep.progress import Progress
 from ttt_bench.results import ResultStore
+from ttt_bench.sweep.progress import Progress
 from ttt_bench.sweep.runner import failure_rows, now_utc, run_on_worker
 from ttt_bench.sweep.suite import PlannedCell
 
@@ -61,7 +61,7 @@ class SubmititExecutor:
             if all_done:
                 break
             time.sleep(self.poll_s)
-        for job, chunk in zip(jobs, chunks):
+        for job, chunk in zip(jobs, chunks, strict=False):
             unfinished = [cell for cell in chunk if cell.config_hash in waiting]
             if not unfinished:
                 continue

@@ -49,10 +49,11 @@ from pathlib import Path
 from typing import Any
 
 from ttt_bench import layers
-from ttt_bench.training import tasks
 from ttt_bench.errors import ConfigError, UnknownLayerError
+from ttt_bench.profile.measure import DTYPES, METRICS, Cell, TimingBudget
+from ttt_bench.results import MEASUREMENT_OF_PASS, PASSES, PROFILE_MEASUREMENTS, TRAIN_MEASUREMENT
+from ttt_bench.training import tasks
 from ttt_bench.training.models import ModelSettings
-from ttt_bench.profile.measure import DTYPES, MEASUREMENT_NAMES, METRICS, PASSES, Cell, TimingBudget
 from ttt_bench.training.train import TrainSettings
 
 GRID_AXES = {  # axis -> default values
@@ -70,10 +71,8 @@ TOP_LEVEL_KEYS = ("name", "description", "metrics", "imports", "layers", "tasks"
 LAYER_ENTRY_KEYS = ("name", "label", "knobs", "sweep")
 TASK_ENTRY_KEYS = ("name", "label", "options", "sweep")
 ACCURACY = "accuracy"  # the metric of a training suite
-TRAIN_MEASUREMENT = "train"
 RULE_OPERATORS = ("gt", "ge", "lt", "le")
 NUMERIC_AXES = ("seq_len", "batch", "d_model", "n_heads", "seed")
-MEASUREMENTS = tuple(MEASUREMENT_NAMES[name] for name in PASSES)
 DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?")
 
 
@@ -188,7 +187,7 @@ class PlannedCell:
         """The `measurement` of the rows this cell gives (a training cell may add per-position rows)."""
         if self.training is not None:
             return (TRAIN_MEASUREMENT,)
-        return tuple(MEASUREMENT_NAMES[name] for name in self.passes)
+        return tuple(MEASUREMENT_OF_PASS[name] for name in self.passes)
 
     def config_columns(self) -> dict[str, object]:
         return {
@@ -242,7 +241,7 @@ class Suite:
         for task in self.task_entries or (None,):
             for entry in self.layer_entries:
                 for values in itertools.product(*(grid[axis] for axis in axes)):
-                    point = dict(zip(axes, values))
+                    point = dict(zip(axes, values, strict=False))
                     kept, skip_reason = _rule_verdict(self.rules, entry, task, point)
                     if not kept:
                         continue
@@ -447,7 +446,7 @@ def _sweep(check: _Checker, key: str, sweep: Any, allowed: list[str]) -> list[di
     check.keys(f"{key}.sweep.", sweep, tuple(allowed))
     for name, values in sweep.items():
         check.list(f"{key}.sweep.{name}", values, nonempty=True)
-    return [dict(zip(sweep, combination)) for combination in itertools.product(*sweep.values())]
+    return [dict(zip(sweep, combination, strict=False)) for combination in itertools.product(*sweep.values())]
 
 
 def _check_unique_labels(check: _Checker, key: str, labels: list[str], remedy: str) -> None:
@@ -568,7 +567,7 @@ def _parse_oom(check: _Checker, table: Any) -> OomSettings:
         elif key == "budget_fraction":
             values[key] = check.number(name, value, high=1.0)
         elif key == "measurement":
-            values[key] = check.choice(name, value, MEASUREMENTS)
+            values[key] = check.choice(name, value, PROFILE_MEASUREMENTS)
         elif key in ("fit_seq_lens", "predict_budget_gib"):
             items = check.list(name, value)
             convert = (lambda k, v: check.integer(k, v, 1)) if key == "fit_seq_lens" else check.number

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from ttt_bench import layers
+from ttt_bench.config import check_integer
 from ttt_bench.errors import ConfigError
-from ttt_bench.layers.base import check_integer
 
 PARAM_MATCH_TOLERANCE = 0.10  # matched models lie within 10% of the target count (the rule LRA and MAD use)
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ttt_bench.config import check_integer
 from ttt_bench.errors import ConfigError
-from ttt_bench.layers.base import check_integer
 from ttt_bench.training.models import ModelConfig, ModelCost, SequenceModel, parameter_count
 from ttt_bench.training.tasks.base import IGNORE_INDEX, TaskData
 

@@ -18,19 +18,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ttt_bench.config import check_at_least, check_choice, check_positive, knob
 from ttt_bench.errors import ConfigError
 from ttt_bench.layers import attention
-from ttt_bench.layers.base import (
-    LayerCost,
-    MixerConfig,
-    SequenceMixer,
-    autograd_backward_macs,
-    check_at_least,
-    check_choice,
-    check_positive,
-    knob,
-    projection_macs,
-)
+from ttt_bench.layers.base import LayerCost, MixerConfig, SequenceMixer, autograd_backward_macs, projection_macs
 from ttt_bench.layers.registry import register
 from ttt_bench.layers.ttt import inner_loop, learners, reference
 from ttt_bench.layers.ttt.reconstruction import InputReconstruction, ViewsReconstruction

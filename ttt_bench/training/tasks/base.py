@@ -8,14 +8,15 @@ initial weights and the order of the training examples.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 
+from ttt_bench.config import check_integer
 from ttt_bench.errors import ConfigError
-from ttt_bench.layers.base import check_integer
 from ttt_bench.training.models import InputSpec
 
 IGNORE_INDEX = -100  # per-token targets at positions that are not scored

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ttt_bench.config import knob
 from ttt_bench.errors import ConfigError
-from ttt_bench.layers.base import knob
 from ttt_bench.training.models import InputSpec
 from ttt_bench.training.tasks.base import TaskData, check_integer_option, register_task, split_generator
 from ttt_bench.training.tasks.image_folder import read_image_folder, resize

@@ -1,0 +1,198 @@
+"""Settings declared once: a dataclass field made with knob() carries its default, its one-line doc and what it
+allows, and the checks, the error messages and the generated docs all read that declaration.
+
+    @dataclass(frozen=True)
+    class MeasureSettings:
+        repeats: int = knob(5, "timed repeats of a call, at least", Integer(1))
+
+`check_fields(settings, "measure.")` (from __post_init__) checks every declared field and raises one ConfigError
+naming the key, the value and what is allowed; the check_* helpers do the same for a layer's or a task's field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from ttt_bench.errors import ConfigError
+
+
+class Allowed:
+    """What values a setting takes: `requirement(value)` says what a value that fails lacks, `convert` gives
+    the stored form of one that passes."""
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def admits(self, value: Any) -> bool:
+        raise NotImplementedError
+
+    def requirement(self) -> str:
+        return f"it must be {self.describe()}"
+
+    def convert(self, value: Any) -> Any:
+        return value
+
+    def check(self, key: str, value: Any) -> Any:
+        """`value` in its stored form, or ConfigError "key 'k': value v is not allowed; ...". A list checks
+        each item under 'k[i]'."""
+        if not self.admits(value):
+            raise ConfigError(f"key {key!r}: value {value!r} is not allowed; {self.requirement()}")
+        return self.convert(value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class Integer(Allowed):
+    minimum: int
+
+    def describe(self) -> str:
+        return f"an integer >= {self.minimum}"
+
+    def admits(self, value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= self.minimum
+
+
+@dataclass(frozen=True)
+class Number(Allowed):
+    """A number in (low, high], or [low, high] with `closed`; stored as a float."""
+
+    low: float = 0.0
+    high: float = math.inf
+    closed: bool = False
+
+    def describe(self) -> str:
+        low = "" if self.low == -math.inf else f" {'>=' if self.closed else '>'} {self.low:g}"
+        high = "" if self.high == math.inf else f" and <= {self.high:g}"
+        return f"a number{low}{high}"
+
+    def admits(self, value: Any) -> bool:
+        if not _is_number(value) or math.isnan(value):
+            return False
+        above = value >= self.low if self.closed else value > self.low
+        return above and value <= self.high
+
+    def convert(self, value: Any) -> float:
+        return float(value)
+
+
+@dataclass(frozen=True)
+class OneOf(Allowed):
+    choices: tuple
+
+    def describe(self) -> str:
+        return f"one of {list(self.choices)}"
+
+    def requirement(self) -> str:
+        return f"choose one of {list(self.choices)}"
+
+    def admits(self, value: Any) -> bool:
+        return value in self.choices
+
+
+@dataclass(frozen=True)
+class Text(Allowed):
+    def describe(self) -> str:
+        return "a string"
+
+    def admits(self, value: Any) -> bool:
+        return isinstance(value, str)
+
+
+@dataclass(frozen=True)
+class ListOf(Allowed):
+    """A list whose items each satisfy `item`; stored as a tuple."""
+
+    item: Allowed
+    distinct_at_least: int = 0  # how many different values it must hold
+
+    def describe(self) -> str:
+        distinct = f" with at least {self.distinct_at_least} different values" if self.distinct_at_least else ""
+        return f"a list of {self.item.describe().removeprefix('a ').removeprefix('an ')}s{distinct}"
+
+    def admits(self, value: Any) -> bool:
+        return isinstance(value, list)
+
+    def requirement(self) -> str:
+        return "it must be a list"
+
+    def check(self, key: str, value: Any) -> tuple:
+        super().check(key, value)
+        items = tuple(self.item.check(f"{key}[{i}]", v) for i, v in enumerate(value))
+        if len(set(items)) < self.distinct_at_least:
+            raise ConfigError(f"key {key!r}: value {value!r} is not allowed; give at least {self.distinct_at_least} "
+                              f"different values")
+        return items
+
+
+@dataclass(frozen=True)
+class Optional(Allowed):
+    """Unset by default (None, which a TOML file cannot write); a value that is given must satisfy `inner`."""
+
+    inner: Allowed
+
+    def describe(self) -> str:
+        return f"{self.inner.describe()} (default: unset)"
+
+    def admits(self, value: Any) -> bool:
+        return value is None or self.inner.admits(value)
+
+    def requirement(self) -> str:
+        return self.inner.requirement()
+
+    def check(self, key: str, value: Any) -> Any:
+        return None if value is None else self.inner.check(key, value)
+
+
+def knob(default: Any, doc: str, allowed: Allowed | None = None) -> Any:
+    """A config field with its one-line documentation (shown by `ttt-bench ls` and in the docs) and, for a
+    setting of a suite's tables, what it allows (checked by check_fields)."""
+    return dataclasses.field(default=default, metadata={"doc": doc, "allowed": allowed})
+
+
+def declared_fields(cls: type) -> list[dataclasses.Field]:
+    """The fields of a settings dataclass a user sets: those made with knob() (others are resolved by code)."""
+    return [f for f in dataclasses.fields(cls) if "doc" in f.metadata]
+
+
+def check_fields(settings: Any, prefix: str) -> None:
+    """Check every declared field of a frozen settings dataclass against what it allows, storing its converted
+    form (a float for a number, a tuple for a list); ConfigError names the key as `prefix` + field."""
+    for field in declared_fields(type(settings)):
+        allowed = field.metadata["allowed"]
+        if allowed is not None:
+            value = allowed.check(prefix + field.name, getattr(settings, field.name))
+            object.__setattr__(settings, field.name, value)
+
+
+def check_choice(owner: str, field: str, value: Any, allowed: Iterable[Any]) -> None:
+    """`owner` names what is being set up in the message: a layer, 'model', "task 'mqar'"."""
+    _check_named(owner, field, value, OneOf(tuple(allowed)))
+
+
+def check_at_least(owner: str, field: str, value: Any, minimum: float) -> None:
+    _check_named(owner, field, value, Number(minimum, closed=True))
+
+
+def check_integer(owner: str, field: str, value: Any, minimum: int) -> None:
+    _check_named(owner, field, value, Integer(minimum))
+
+
+def check_positive(owner: str, field: str, value: Any) -> None:
+    _check_named(owner, field, value, Number(0.0))
+
+
+def check_open_unit(owner: str, field: str, value: Any) -> None:
+    if not (_is_number(value) and 0.0 < value < 1.0):
+        raise ConfigError(f"{owner}: {field}={value!r} is not allowed; it must lie strictly between 0 and 1")
+
+
+def _check_named(owner: str, field: str, value: Any, allowed: Allowed) -> None:
+    if not allowed.admits(value):
+        raise ConfigError(f"{owner}: {field}={value!r} is not allowed; {allowed.requirement()}")
