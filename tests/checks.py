@@ -56,16 +56,16 @@ def assert_forms_agree(
 
     generator = torch.Generator().manual_seed(1234)
     weights = [torch.randn(o.shape, generator=generator, dtype=o.dtype) for o in ref_out]
-    for i, (a, b) in enumerate(zip(fast_out, ref_out, strict=False)):
+    for i, (a, b) in enumerate(zip(fast_out, ref_out)):
         assert_rel_close(a.detach(), b.detach(), rtol, f"returned tensor {i}")
 
     grads = {}
     for label, (leaves, outs) in results.items():
-        loss = sum((o * w).sum() for o, w in zip(outs, weights, strict=False))
+        loss = sum((o * w).sum() for o, w in zip(outs, weights))
         wanted = [v for v in leaves.values() if v.requires_grad]
         grads[label] = torch.autograd.grad(loss, wanted, allow_unused=True)
     names = [k for k, v in fast_in.items() if v.requires_grad]
-    for name, ga, gb in zip(names, grads["fast"], grads["reference"], strict=False):
+    for name, ga, gb in zip(names, grads["fast"], grads["reference"]):
         if gb is None:
             assert ga is None or not ga.abs().any(), f"gradient of {name}: fast has one, reference has none"
             continue

@@ -18,7 +18,7 @@ from ttt_bench.profile.measure import Cell, measure_cell
 from ttt_bench.regression.asv_results import find_result_file, load_asv_results
 from ttt_bench.regression.benchmark_grid import benchmark_grid
 from ttt_bench.regression.gate import DETERMINISTIC_TOLERANCES, TIME_FACTOR, gate_thresholds, refresh_baseline, run_gate
-from ttt_bench.sweep.suite import SuiteError
+from ttt_bench.sweep.schema import SuiteError
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -270,5 +270,5 @@ def test_the_committed_baseline_covers_the_regression_grid():
     ran = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
     rows = load_asv_results(ROOT / "suites/baseline/cpu.json")
     ok = rows[(rows.status == "ok") & (rows.measurement != "train")]
-    assert set(zip(ok.variant, ok.seq_len, strict=False)) == {tuple(key) for key in json.loads(ran.stdout)}
+    assert set(zip(ok.variant, ok.seq_len)) == {tuple(key) for key in json.loads(ran.stdout)}
     assert (rows.status != "error").all()

@@ -20,8 +20,8 @@ from ttt_bench.report.compare import (
     run_compare,
 )
 from ttt_bench.results import ResultStore, load_results
+from ttt_bench.sweep.parse import load_suite
 from ttt_bench.sweep.runner import run_suite
-from ttt_bench.sweep.suite import load_suite
 
 ENVIRONMENT = {"git_commit": "a" * 40, "torch_version": "2.13.0+cpu", "cpu_model": "test cpu",
                "gpu_name": "not available"}
@@ -142,7 +142,7 @@ def test_an_accuracy_drop_is_a_regression_and_a_rise_an_improvement(tmp_path):
 def test_loss_by_position_rows_match_on_position_and_the_train_row_on_a_null_position(tmp_path):
     comparison, _ = compare_dirs(tmp_path, [train_cell(losses=(2.0, 1.5))], [train_cell(losses=(2.0, 3.0))])
     loss = comparison.tables["eval_loss_nats"]
-    assert sorted(zip(loss.measurement, loss.position, loss.ratio, strict=False)) == [
+    assert sorted(zip(loss.measurement, loss.position, loss.ratio)) == [
         ("loss_by_position", "0", 1.0), ("loss_by_position", "1", 2.0), ("train", "—", 2.0)]
 
 

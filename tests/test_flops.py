@@ -154,7 +154,9 @@ def test_custom_autograd_function_is_counted_inside():
 def test_policy_classes_do_not_overlap():
     for name in MATMUL_OPS:
         assert not is_not_matmul(name), name
-    for name in ("add", "add_", "mul", "exp", "sum", "view", "transpose", "native_layer_norm_backward", "cumsum", "copy_"):
+    elementwise = ("add", "add_", "mul", "exp", "sum", "view", "transpose", "native_layer_norm_backward", "cumsum",
+                   "copy_")
+    for name in elementwise:
         assert is_not_matmul(name), name
 
 

@@ -64,7 +64,8 @@ def test_out_of_memory_is_a_status_and_the_next_measurement_is_clean():
         print(json.dumps([row["fwd_peak_bytes"], row["fwd_bwd_peak_bytes"]]))
         """
     )
-    fresh = json.loads(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout)
+    fresh = json.loads(
+        subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout)
 
     oom = measure_cell(Cell("attention-naive", 512, **TINY), FAST, memory_budget_bytes=2**20)
     after = measure_cell(reference_cell, FAST, metrics=("memory", "time"))

@@ -12,7 +12,7 @@ from ttt_bench.profile.measure import QUICK_BUDGET, Cell, measure_cell
 from ttt_bench.profile.memory_fit import fit_memory
 from ttt_bench.results import ResultStore
 from ttt_bench.sweep.oom import Probe, search_frontier
-from ttt_bench.sweep.suite import OomSettings
+from ttt_bench.sweep.schema import OomSettings
 
 
 def curve_probe(bytes_at, budget, calls=None, fail_at=None):

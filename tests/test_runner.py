@@ -6,15 +6,18 @@ import subprocess
 import sys
 import time
 
+import duckdb
 import pandas as pd
+import pyarrow.dataset
 import pytest
 import torch
 from checks import write_suite
 
+from ttt_bench import results
 from ttt_bench.cli import main
 from ttt_bench.results import ResultStore, load_results
+from ttt_bench.sweep.parse import load_suite
 from ttt_bench.sweep.runner import run_suite
-from ttt_bench.sweep.suite import load_suite
 
 FAST_MEASURE = """
 [measure]
@@ -225,3 +228,21 @@ def test_an_unavailable_device_is_refused_before_anything_is_written(tmp_path, c
     assert main(["run", str(path), "--out", str(out)]) == 2
     assert "'cuda' is not available here" in capsys.readouterr().err and not out.exists()
 
+
+
+def test_a_results_folder_is_read_directly_by_pyarrow_duckdb_and_pandas(faulty_run):
+    """Every cell file has the one schema of ttt_bench.results, so readers that expect one schema per folder
+    (a pyarrow dataset, DuckDB's glob, pandas on the folder) read it as it is."""
+    _, out, _ = faulty_run
+    cells = out / "cells"
+    frame = load_results(out)
+    table = pyarrow.dataset.dataset(cells, format="parquet").to_table()
+    assert [(f.name, f.type) for f in table.schema] == [(f.name, f.type) for f in results.SCHEMA]
+    assert table.num_rows == len(frame) and set(table.column("status").to_pylist()) >= {"ok", "oom", "timeout"}
+    counts = dict(duckdb.sql(f"select status, count(*) from read_parquet('{cells}/*.parquet') group by status")
+                  .fetchall())
+    assert counts == frame.status.value_counts().to_dict()
+    typed = duckdb.sql(f"select typeof(started_at), typeof(seq_len), typeof(peak_bytes) "
+                       f"from read_parquet('{cells}/*.parquet') limit 1").fetchall()[0]
+    assert typed == ("TIMESTAMP WITH TIME ZONE", "BIGINT", "BIGINT")
+    assert len(pd.read_parquet(cells)) == len(frame)

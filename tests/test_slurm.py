@@ -5,9 +5,9 @@ import textwrap
 
 from ttt_bench.cli import main
 from ttt_bench.results import ResultStore, load_results
+from ttt_bench.sweep.parse import load_suite
 from ttt_bench.sweep.runner import run_suite
 from ttt_bench.sweep.slurm import SubmititExecutor
-from ttt_bench.sweep.suite import load_suite
 
 SUITE = """
     name = "dispatch"

@@ -11,7 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ttt_bench.cli import main
-from ttt_bench.sweep.suite import SuiteError, load_suite, shipped_suites
+from ttt_bench.sweep.parse import load_suite
+from ttt_bench.sweep.schema import SuiteError
+from ttt_bench.sweep.shipped import shipped_suites
 
 SUITES = Path(__file__).resolve().parents[1] / "suites"
 

@@ -53,10 +53,10 @@ def test_unknown_task_and_option_name_what_exists():
 def test_mqar_sequences_hold_pairs_then_each_key_queried_once():
     generator = torch.Generator().manual_seed(3)
     inputs, targets = generate_mqar(200, seq_len=40, n_pairs=5, vocab_size=32, generator=generator)
-    for sequence, target in zip(inputs.tolist(), targets.tolist(), strict=False):
+    for sequence, target in zip(inputs.tolist(), targets.tolist()):
         keys, values = sequence[0:10:2], sequence[1:10:2]
         assert len(set(keys)) == 5 and all(1 <= k < 16 for k in keys) and all(16 <= v < 32 for v in values)
-        pairs = dict(zip(keys, values, strict=False))
+        pairs = dict(zip(keys, values))
         scored = [i for i, t in enumerate(target) if t != IGNORE_INDEX]
         assert len(scored) == 5 and all(i >= 10 for i in scored)
         assert sorted(sequence[i] for i in scored) == sorted(keys)  # every key asked once

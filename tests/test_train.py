@@ -73,10 +73,11 @@ def test_schedule_warms_up_then_follows_a_cosine_to_the_floor():
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("steps", 0, "steps=0 is not allowed; it must be an integer >= 1"),
-    ("lr", 0.0, "lr=0.0 is not allowed; it must be a number > 0"),
-    ("target_accuracy", 1.5, "target_accuracy=1.5 is not allowed; it must be a number >= 0 and <= 1"),
-    ("warmup_steps", 2.5, "warmup_steps=2.5 is not allowed"),
+    ("steps", 0, "key 'train.steps': value 0 is not allowed; it must be an integer >= 1"),
+    ("lr", 0.0, "key 'train.lr': value 0.0 is not allowed; it must be a number > 0"),
+    ("target_accuracy", 1.5, "key 'train.target_accuracy': value 1.5 is not allowed; it must be a number >= 0 and <= "
+                             "1"),
+    ("warmup_steps", 2.5, "key 'train.warmup_steps': value 2.5 is not allowed"),
 ])
 def test_bad_settings_are_refused(field, value, message):
     with pytest.raises(ConfigError, match=message):

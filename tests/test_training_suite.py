@@ -8,8 +8,10 @@ from checks import write_suite
 
 from ttt_bench.cli import main
 from ttt_bench.results import load_results
+from ttt_bench.sweep.parse import load_suite, parse_suite
 from ttt_bench.sweep.runner import run_suite
-from ttt_bench.sweep.suite import SuiteError, load_suite, parse_suite, shipped_suites
+from ttt_bench.sweep.schema import SuiteError
+from ttt_bench.sweep.shipped import shipped_suites
 
 TINY = """
     name = "tiny-training"
@@ -140,7 +142,7 @@ def test_dry_run_lists_training_cells(tiny_run, capsys):
     ('tasks = [{ name = "mqar", options = { n_pairs = 0 } }]',
      "key 'tasks.0.' .task 'mqar'. at grid.seq_len 32: task 'mqar': n_pairs=0 is not allowed"),
     ('tasks = ["mnist"]', "key 'tasks.0.' .task 'mnist'. at grid.seq_len 32: .*N = r x r.*only.* rule"),
-    ('train = { steps = -1 }', "key 'train': train: steps=-1 is not allowed"),
+    ('train = { steps = -1 }', "key 'train.steps': value -1 is not allowed; it must be an integer >= 1"),
     ('train = { epochs = 3 }', "unknown key 'train.epochs'; allowed keys here: steps"),
     ('model = { match_params = "nonesuch" }', "key 'model.match_params': value 'nonesuch' is not allowed"),
     ('model = { n_layers = 0 }', "key 'model.n_layers': value 0 is not allowed"),

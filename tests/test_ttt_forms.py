@@ -143,9 +143,9 @@ def test_layer_dual_equals_primal_with_official_semantics(name, n):
     outs = [layer(x) for layer in (dual, primal)]
     assert_rel_close(outs[0], outs[1], RTOL[torch.float64], "output")
     weight = torch.randn_like(outs[0])
-    for layer, out in zip((dual, primal), outs, strict=False):
+    for out in outs:
         (out * weight).sum().backward()
-    for (pname, p_dual), p_primal in zip(dual.named_parameters(), primal.parameters(), strict=False):
+    for (pname, p_dual), p_primal in zip(dual.named_parameters(), primal.parameters()):
         assert p_dual.grad is not None and p_dual.grad.abs().sum() > 0, f"{pname} got no gradient"
         assert_rel_close(p_dual.grad, p_primal.grad, RTOL[torch.float64], f"gradient of {pname}")
 

@@ -16,7 +16,8 @@ from ttt_bench.errors import ConfigError, UnknownLayerError
 
 def _list(args: argparse.Namespace) -> None:
     from ttt_bench import layers
-    from ttt_bench.sweep.suite import load_suite, shipped_suites
+    from ttt_bench.sweep.parse import load_suite
+    from ttt_bench.sweep.shipped import shipped_suites
     from ttt_bench.training import tasks
 
     selected = args.layers or layers.names()
@@ -48,8 +49,9 @@ def _list(args: argparse.Namespace) -> None:
 
 def _run(args: argparse.Namespace) -> None:
     from ttt_bench.results import ResultStore
+    from ttt_bench.sweep.parse import load_suite
     from ttt_bench.sweep.runner import run_suite
-    from ttt_bench.sweep.suite import load_suite, resolve_suite_path
+    from ttt_bench.sweep.shipped import resolve_suite_path
 
     suite = load_suite(resolve_suite_path(args.suite))
     out = args.out or Path("results") / suite.name
@@ -96,7 +98,9 @@ def _oom(args: argparse.Namespace) -> None:
     import dataclasses
 
     from ttt_bench.sweep.oom import frontier_table
-    from ttt_bench.sweep.suite import DEVICE_PATTERN, load_suite, resolve_suite_path
+    from ttt_bench.sweep.parse import load_suite
+    from ttt_bench.sweep.schema import DEVICE_PATTERN
+    from ttt_bench.sweep.shipped import resolve_suite_path
 
     suite = load_suite(resolve_suite_path(args.suite))
     if args.budget_gib is not None:

@@ -117,7 +117,7 @@ class ListOf(Allowed):
         return f"a list of {self.item.describe().removeprefix('a ').removeprefix('an ')}s{distinct}"
 
     def admits(self, value: Any) -> bool:
-        return isinstance(value, list)
+        return isinstance(value, (list, tuple))
 
     def requirement(self) -> str:
         return "it must be a list"
@@ -132,13 +132,29 @@ class ListOf(Allowed):
 
 
 @dataclass(frozen=True)
+class AnyOf(Allowed):
+    """A value that one of `alternatives` allows (the first that does converts it)."""
+
+    alternatives: tuple[Allowed, ...]
+
+    def describe(self) -> str:
+        return " or ".join(alternative.describe() for alternative in self.alternatives)
+
+    def admits(self, value: Any) -> bool:
+        return any(alternative.admits(value) for alternative in self.alternatives)
+
+    def convert(self, value: Any) -> Any:
+        return next(a for a in self.alternatives if a.admits(value)).convert(value)
+
+
+@dataclass(frozen=True)
 class Optional(Allowed):
     """Unset by default (None, which a TOML file cannot write); a value that is given must satisfy `inner`."""
 
     inner: Allowed
 
     def describe(self) -> str:
-        return f"{self.inner.describe()} (default: unset)"
+        return self.inner.describe()
 
     def admits(self, value: Any) -> bool:
         return value is None or self.inner.admits(value)

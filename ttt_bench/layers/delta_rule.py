@@ -28,7 +28,7 @@ def delta_rule_recurrent(q, k, v, beta):
     """Reference: (o [B, H, N, e], final W = S_N^T [B, H, d, e]); beta: [B, H, N]."""
     state = q.new_zeros(*q.shape[:-2], v.shape[-1], q.shape[-1])  # S: [B, H, e, d]
     outputs = []
-    for q_t, k_t, v_t, beta_t in zip(q.unbind(-2), k.unbind(-2), v.unbind(-2), beta.unbind(-1), strict=False):
+    for q_t, k_t, v_t, beta_t in zip(q.unbind(-2), k.unbind(-2), v.unbind(-2), beta.unbind(-1)):
         error = (state @ k_t[..., :, None]).squeeze(-1) - v_t  # S k_t - v_t: [B, H, e]
         state = state - beta_t[..., None, None] * error[..., :, None] * k_t[..., None, :]
         outputs.append((state @ q_t[..., :, None]).squeeze(-1))
@@ -49,7 +49,7 @@ def delta_rule_chunked(q, k, v, beta, chunk_size: int):
     pseudo_values, key_weights = solved.split([e, solved.shape[-1] - e], dim=-1)  # U = U_v - W_k S
     state = q.new_zeros(*q.shape[:-2], q.shape[-1], e)
     starts, updates = [], []
-    for u_v, w_k, k_m in zip(pseudo_values.unbind(-3), key_weights.unbind(-3), k_c.unbind(-3), strict=False):
+    for u_v, w_k, k_m in zip(pseudo_values.unbind(-3), key_weights.unbind(-3), k_c.unbind(-3)):
         u = u_v - w_k @ state
         starts.append(state)
         updates.append(u)

@@ -28,7 +28,7 @@ def fast_weights_recurrent(q, k, v, decay, eta: float):
     lam = decay[:, None, None]
     state = q.new_zeros(*q.shape[:-2], v.shape[-1], q.shape[-1])  # S: [B, H, e, d]
     outputs = []
-    for q_t, k_t, v_t in zip(q.unbind(-2), k.unbind(-2), v.unbind(-2), strict=False):
+    for q_t, k_t, v_t in zip(q.unbind(-2), k.unbind(-2), v.unbind(-2)):
         state = lam * state + eta * v_t[..., :, None] * k_t[..., None, :]
         outputs.append((state @ q_t[..., :, None]).squeeze(-1))
     return torch.stack(outputs, dim=-2), state.transpose(-1, -2)
@@ -62,7 +62,9 @@ def fast_weights_chunked(q, k, v, decay, eta: float, chunk_size: int):
 @dataclass
 class FastWeightsConfig(MixerConfig):
     decay: float = knob(0.95, "lambda in (0, 1): how much of S_{t-1} is kept each step (Ba et al. use 0.95)")
-    learn_decay: bool = knob(False, "lambda per head is an outer-loop parameter (sigmoid of a logit), starting at `decay`")
+    learn_decay: bool = knob(
+        False, "lambda per head is an outer-loop parameter (sigmoid of a logit), starting at `decay`",
+    )
     fast_lr: float = knob(0.5, "eta > 0: the Hebbian write strength (Ba et al. use 0.5)")
     form: str = knob("chunked", "'chunked' (fast) or 'recurrent' (token loop, the reference)")
     chunk_size: int = knob(64, "chunked form: tokens per chunk C")

@@ -35,7 +35,7 @@ def linear_attention_recurrent(q, k, v, causal: bool) -> tuple[torch.Tensor, tor
     """Reference: (o [B, H, N, e], final state S_N [B, H, d, e]), one token at a time."""
     state = q.new_zeros(*q.shape[:-2], q.shape[-1], v.shape[-1])
     outputs = []
-    for k_t, v_t, q_t in zip(k.unbind(-2), v.unbind(-2), q.unbind(-2), strict=False):
+    for k_t, v_t, q_t in zip(k.unbind(-2), v.unbind(-2), q.unbind(-2)):
         state = state + k_t[..., :, None] * v_t[..., None, :]
         if causal:
             outputs.append((q_t[..., None, :] @ state).squeeze(-2))

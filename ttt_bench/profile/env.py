@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
-from importlib import metadata
 from pathlib import Path
 
 import torch
 
+import ttt_bench
 from ttt_bench.profile.memory import nvml_device_info
 from ttt_bench.results import NOT_AVAILABLE
 
@@ -25,7 +25,7 @@ def environment(device: str | torch.device = "cpu") -> dict[str, object]:
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
-        "ttt_bench_version": _package_version(),
+        "ttt_bench_version": ttt_bench.__version__,
         "git_commit": git_commit(),
         "gpu_name": NOT_AVAILABLE,
         "gpu_memory_bytes": NOT_AVAILABLE,
@@ -64,10 +64,3 @@ def git_commit() -> str:
 def _git(root: Path, *args: str) -> str:
     result = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=True, timeout=10)
     return result.stdout.strip()
-
-
-def _package_version() -> str:
-    try:
-        return metadata.version("ttt-bench")
-    except metadata.PackageNotFoundError:
-        return NOT_AVAILABLE

@@ -143,8 +143,8 @@ def _einsum_macs(equation: str, shapes: list[list[int]]) -> int | None:
     if len(shapes) == 1:
         return 0
     sizes: dict[str, int] = {}
-    for letters, shape in zip(inputs, shapes, strict=False):
-        sizes.update(zip(letters, shape, strict=False))
+    for letters, shape in zip(inputs, shapes):
+        sizes.update(zip(letters, shape))
     return math.prod(sizes.values())
 
 

@@ -65,17 +65,17 @@ def load_asv_results(path: str | Path) -> pd.DataFrame:
         if method not in BENCHMARK_METRICS:
             continue
         measurement, metric, factor = BENCHMARK_METRICS[method]
-        entry = dict(zip(columns, stored, strict=False))
+        entry = dict(zip(columns, stored))
         names = _param_names(benchmark, entry["params"])
         combinations = pd.MultiIndex.from_product(entry["params"]).to_list()
         values = entry["result"] if entry["result"] is not None else [None] * len(combinations)
         if all(_skipped(value) for value in values):
             continue
-        for combination, value in zip(combinations, values, strict=False):
+        for combination, value in zip(combinations, values):
             status = "error" if value is None else "skipped" if _skipped(value) else "ok"
             rows.append({
                 **environment, "benchmark": benchmark, "config_hash": "/".join(map(str, combination)),
-                **{n: _param_value(v) for n, v in zip(names, combination, strict=False)},
+                **{n: _param_value(v) for n, v in zip(names, combination)},
                 "measurement": measurement, "status": status,
                 "message": FAILED_MESSAGE if status == "error" else "",
                 metric: value * factor if status == "ok" else math.nan,

@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ttt_bench.sweep.suite import GRID_AXES, PlannedCell, Suite, SuiteError, load_suite
+from ttt_bench.sweep.parse import load_suite
+from ttt_bench.sweep.plan import PlannedCell, Suite
+from ttt_bench.sweep.schema import GRID_AXES, SuiteError
 
 PARAMETER_AXES = ("variant", "seq_len")
 TRAINING_PARAMETER_AXES = ("task", *PARAMETER_AXES)  # a training suite's
@@ -27,7 +29,7 @@ class BenchmarkGrid:
         """The suite's cell at these parameter values; NotImplementedError (asv: skipped) where it has none
         to run, naming the reason."""
         planned = self.cells.get(values)
-        described = ", ".join(f"{name}={value}" for name, value in zip(self.param_names, values, strict=False))
+        described = ", ".join(f"{name}={value}" for name, value in zip(self.param_names, values))
         if planned is None:
             raise NotImplementedError(f"{described}: not in suite {self.suite.name!r} (its [[only]] rules)")
         if planned.skip_reason is not None:

@@ -27,8 +27,9 @@ class ReportOptions:
     peak_tflops: float | None = None  # a peak to draw on the TFLOP/s figure (say, a CPU's datasheet figure)
 
 
-def build_report(result_dirs: list[Path], out: Path, options: ReportOptions = ReportOptions()) -> Path:
+def build_report(result_dirs: list[Path], out: Path, options: ReportOptions | None = None) -> Path:
     """Write the report of `result_dirs` into `out`; returns the path of report.html."""
+    options = options or ReportOptions()
     frame = pd.concat([load_results(d) for d in result_dirs], ignore_index=True)
     if frame.empty:
         raise ConfigError(f"{', '.join(map(str, result_dirs))}: no finished cells to report on; run a suite first")

@@ -174,7 +174,7 @@ def format_comparison(comparison: Comparison, name_a: str, name_b: str, notes: t
                          + (", not shown:" if len(table) else "."))
             lines += [""] if len(table) else []
         lines += _table_lines(table, c.varying_columns,
-                              lambda identity: _shown_metric_table(identity, table, info))
+                              lambda identity, table=table, info=info: _shown_metric_table(identity, table, info))
     lines += ["", "## Status changes", ""]
     if c.status_changes.empty:
         lines.append("None: every cell in both sets has the same status.")
@@ -275,7 +275,7 @@ def _metric_table(rows: pd.DataFrame, metric: str, threshold: float) -> pd.DataF
     both = rows[(rows.status_a == "ok") & (rows.status_b == "ok")
                 & rows[f"{metric}_a"].notna() & rows[f"{metric}_b"].notna()]
     table = both.index.to_frame(index=False).assign(a=both[f"{metric}_a"].to_numpy(), b=both[f"{metric}_b"].to_numpy())
-    table["ratio"] = [_ratio(a, b) for a, b in zip(table.a, table.b, strict=False)]
+    table["ratio"] = [_ratio(a, b) for a, b in zip(table.a, table.b)]
     lower_better = METRICS[metric].better == "lower"
     table["verdict"] = [_verdict(ratio, threshold, lower_better) for ratio in table.ratio]
     worse_first = table.ratio if lower_better else -table.ratio
@@ -304,7 +304,7 @@ def _status_changes(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
         a_status=a.status[changed].to_numpy(), b_status=b.status[changed].to_numpy(),
         b_message=b.message[changed].fillna("").to_numpy())
     table["verdict"] = [REGRESSION if old == "ok" and _failed(new) else IMPROVEMENT if _failed(old) and new == "ok"
-                        else "" for old, new in zip(table.a_status, table.b_status, strict=False)]
+                        else "" for old, new in zip(table.a_status, table.b_status)]
     rank = table.verdict.map({REGRESSION: 0, IMPROVEMENT: 1, "": 2})
     return table.iloc[rank.argsort(kind="stable")].reset_index(drop=True)
 
@@ -341,7 +341,7 @@ def _describe_set(frame: pd.DataFrame) -> dict[str, str]:
 
 def _describe_key(values: object, key: list[str]) -> str:
     values = values if isinstance(values, tuple) else (values,)
-    return " ".join(f"{column}={value}" for column, value in zip(key, values, strict=False))
+    return " ".join(f"{column}={value}" for column, value in zip(key, values))
 
 
 def _describe_thresholds(thresholds: dict[str, float]) -> str:
@@ -388,7 +388,7 @@ def _shown_metric_table(identity: pd.DataFrame, table: pd.DataFrame, metric: Col
     beyond = table.verdict != ""
 
     def shown(values: pd.Series, text: Callable[[float], str]) -> list[str]:
-        return [f"**{text(value)}**" if bold else text(value) for value, bold in zip(values, beyond, strict=False)]
+        return [f"**{text(value)}**" if bold else text(value) for value, bold in zip(values, beyond)]
 
     return identity.assign(**{
         f"A {metric.label}": shown(table.a * metric.scale, _number),

@@ -74,7 +74,7 @@ def accuracy_vs_flops(points: pd.DataFrame, palette: dict) -> Figure:
     forward FLOPs per token, log axis, with the Pareto front."""
     panels = list(points.groupby(["task", "seq_len"], sort=False))
     figure, axes = _figure(len(panels))
-    for ax, ((task, seq_len), panel) in zip(axes, panels, strict=False):
+    for ax, ((task, seq_len), panel) in zip(axes, panels):
         for _, row in panel.iterrows():
             ax.errorbar(row["flops_per_token"], row["accuracy_mean"], yerr=row["accuracy_sd"], fmt="o",
                         color=palette[row["variant"]], capsize=3, markersize=5)
@@ -111,7 +111,7 @@ def scaling(points: pd.DataFrame, metric: str, exponents: pd.DataFrame, marks: p
     measurements = [m for m in MEASUREMENT_TITLES if m in set(points["measurement"])]
     figure, axes = _figure(len(measurements), width_per_panel=6.0, height=4.8, columns=2)
     scale = METRICS[metric].scale
-    for ax, measurement in zip(axes, measurements, strict=False):
+    for ax, measurement in zip(axes, measurements):
         for variant, group in points[points["measurement"] == measurement].groupby("variant", sort=False):
             colour = palette[variant]
             ok = group[(group["status"] == "ok") & group[metric].notna()]
@@ -188,7 +188,7 @@ def loss_by_position(positions: pd.DataFrame, palette: dict) -> Figure:
     band of one standard deviation; positions in bins that double in width, drawn at the bin's end."""
     panels = list(positions.groupby(["task", "seq_len"], sort=False))
     figure, axes = _figure(len(panels))
-    for ax, ((task, seq_len), panel) in zip(axes, panels, strict=False):
+    for ax, ((task, seq_len), panel) in zip(axes, panels):
         for variant, rows in panel.groupby("variant", sort=False):
             curve = rows.groupby("position_end")["eval_loss_nats"].agg(["mean", "std"]).reset_index()
             ax.plot(curve["position_end"], curve["mean"], marker="o", markersize=3, color=palette[variant],
@@ -208,12 +208,12 @@ def throughput(points: pd.DataFrame, palette: dict, title: str, ceilings: dict[s
     device's ceilings as horizontal lines (`ceilings`: name -> TFLOP/s)."""
     measurements = [m for m in MEASUREMENT_TITLES if m in set(points["measurement"])]
     figure, axes = _figure(len(measurements), width_per_panel=6.0, height=4.5, columns=2)
-    for ax, measurement in zip(axes, measurements, strict=False):
+    for ax, measurement in zip(axes, measurements):
         rows = points[(points["measurement"] == measurement) & (points["status"] == "ok")]
         for variant, group in rows.groupby("variant", sort=False):
             ax.plot(group["seq_len"], achieved_tflops_per_s(group), marker="o", markersize=4, color=palette[variant],
                     label=variant)
-        for (name, tflops), style in zip(ceilings.items(), ("-", "--"), strict=False):
+        for (name, tflops), style in zip(ceilings.items(), ("-", "--")):
             ax.axhline(tflops, color="black", linestyle=style, linewidth=1)
             ax.annotate(f"{name}: {tflops:.3g} TFLOP/s", (0.01, tflops), xycoords=("axes fraction", "data"),
                         fontsize=6, xytext=(0, 3), textcoords="offset points")

@@ -1,7 +1,9 @@
-"""A training cell of a suite: load its task, build the backbone around its layer, train, and return tidy
-rows. Like a profiling cell it never raises: a failure is a row with its status and message.
+"""What runs inside a worker process: one cell of a suite, measured, as tidy rows with its config, the run's
+timing and the environment. A profiling cell is measured by ttt_bench.profile.measure; a training cell loads its
+task, builds the backbone around its layer and trains it. Like measure_cell, neither raises: a failure is a
+row with its status and message.
 
-Rows (beside the cell's config columns):
+Training rows (beside the cell's config columns):
     measurement 'train'             accuracy, losses (nats), parameters, FLOPs per token, time, tokens/s
     measurement 'loss_by_position'  per-token tasks: the held-out loss over positions [position, position_end),
                                     in bins that double in width (1, 1, 2, 4, ...) as on a log axis
@@ -9,14 +11,81 @@ Rows (beside the cell's config columns):
 
 from __future__ import annotations
 
+import importlib
 import math
+import time
+from datetime import UTC, datetime
+
+import torch
 
 from ttt_bench.errors import ConfigError
-from ttt_bench.profile.measure import DTYPES, first_line, is_out_of_memory, release_memory
-from ttt_bench.results import POSITION_MEASUREMENT, TRAIN_MEASUREMENT
-from ttt_bench.sweep.suite import PlannedCell
+from ttt_bench.profile.env import environment
+from ttt_bench.profile.matmul_peak import matmul_tflops_per_s
+from ttt_bench.profile.measure import DTYPES, first_line, is_out_of_memory, measure_cell, release_memory, tidy_rows
+from ttt_bench.profile.memory import available_memory_bytes
+from ttt_bench.results import POSITION_MEASUREMENT, TRAIN_MEASUREMENT, GiB
+from ttt_bench.sweep.plan import PlannedCell
 from ttt_bench.training.tasks import load_task
 from ttt_bench.training.train import TrainResult, train_model
+
+_ENVIRONMENTS: dict[tuple[str, int], dict[str, object]] = {}
+_MATMUL_PEAKS: dict[tuple[str, str, int], float] = {}
+
+
+def measure_planned_cell(cell: PlannedCell) -> list[dict[str, object]]:
+    """Measure in this process: the cell's tidy rows with its config, timing of the run and environment."""
+    started = now_utc()
+    start = time.perf_counter()
+    for module in cell.imports:
+        importlib.import_module(module)
+    if cell.settings.threads is not None:
+        torch.set_num_threads(cell.settings.threads)
+    env_key = (cell.cell.device, torch.get_num_threads())
+    if env_key not in _ENVIRONMENTS:
+        _ENVIRONMENTS[env_key] = environment(cell.cell.device)
+    rows = train_cell(cell) if cell.training is not None else _profile_rows(cell)
+    run_columns = {"started_at": started, "finished_at": now_utc(), "wall_s": time.perf_counter() - start}
+    return [{**cell.config_columns(), **row, **run_columns, **_ENVIRONMENTS[env_key]} for row in rows]
+
+
+def _profile_rows(cell: PlannedCell) -> list[dict[str, object]]:
+    counts_flops = cell.cell.seq_len <= cell.settings.count_flops_max_seq_len
+    budget = memory_budget_bytes(cell)
+    row = measure_cell(
+        cell.cell,
+        cell.settings.timing_budget(),
+        memory_budget_bytes=budget,
+        metrics=tuple(m for m in cell.metrics if m != "flops" or counts_flops),
+        passes=cell.passes,
+        skip_reason=cell.skip_reason,
+    )
+    row["memory_budget_bytes"] = budget
+    if "time" in cell.metrics and row["status"] == "ok":
+        row["matmul_tflops_per_s"] = _matmul_peak(cell.cell.device, cell.cell.dtype)
+    return tidy_rows(row, cell.passes)
+
+
+def _matmul_peak(device: str, dtype: str) -> float:
+    """Measured once per worker, device, dtype and thread count: the ceiling the cells' TFLOP/s is read against."""
+    key = (device, dtype, torch.get_num_threads())
+    if key not in _MATMUL_PEAKS:
+        _MATMUL_PEAKS[key] = matmul_tflops_per_s(device, DTYPES[dtype])
+    return _MATMUL_PEAKS[key]
+
+
+def memory_budget_bytes(cell: PlannedCell) -> int | None:
+    """The tracked-bytes budget: as set, else on CPU half the free memory (tracked bytes miss kernel
+    workspace and allocator slack) and on CUDA none (the card's own limit)."""
+    if cell.settings.memory_budget_gib is not None:
+        return int(cell.settings.memory_budget_gib * GiB)
+    if cell.cell.device != "cpu":
+        return None
+    available = available_memory_bytes()
+    return None if available is None else available // 2
+
+
+def now_utc() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def train_cell(planned: PlannedCell) -> list[dict[str, object]]:

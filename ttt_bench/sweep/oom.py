@@ -24,10 +24,11 @@ import torch
 
 from ttt_bench.profile.env import environment
 from ttt_bench.profile.memory_fit import MemoryFit, fit_memory
-from ttt_bench.results import PASS_OF_MEASUREMENT, ResultStore
+from ttt_bench.results import PASS_OF_MEASUREMENT, GiB, ResultStore
+from ttt_bench.sweep.plan import PlannedCell, Suite
 from ttt_bench.sweep.progress import Progress
-from ttt_bench.sweep.runner import GiB, Worker, check_devices
-from ttt_bench.sweep.suite import OomSettings, PlannedCell, Suite, SuiteError
+from ttt_bench.sweep.runner import Worker, check_devices
+from ttt_bench.sweep.schema import OomSettings, SuiteError
 
 
 @dataclass(frozen=True)

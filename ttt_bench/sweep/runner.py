@@ -1,6 +1,6 @@
 """Runs a suite's cells in isolated worker processes and appends their rows to a results folder.
 
-A cell is profiled (ttt_bench.profile.measure) or, in a suite with tasks, trained (ttt_bench.sweep.cell).
+What a worker does with a cell, profile or train it, is in ttt_bench.sweep.cell; this module only supervises.
 
 One worker process per device measures cells one after another. An exception inside a cell comes back
 as a row with its status (measure_cell never raises); a worker that dies (a segfault, the kernel's
@@ -10,14 +10,12 @@ cell is recorded as 'error' or 'timeout' with what happened. Finished cells are 
 
 from __future__ import annotations
 
-import importlib
 import multiprocessing
 import signal
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Protocol
@@ -25,15 +23,12 @@ from typing import Protocol
 import torch
 
 from ttt_bench.profile.env import environment
-from ttt_bench.profile.matmul_peak import matmul_tflops_per_s
-from ttt_bench.profile.measure import DTYPES, measure_cell, tidy_rows
-from ttt_bench.profile.memory import available_memory_bytes
 from ttt_bench.results import RETRIABLE_STATUSES, ResultStore
-from ttt_bench.sweep.cell import train_cell
+from ttt_bench.sweep.cell import measure_planned_cell, now_utc
+from ttt_bench.sweep.plan import PlannedCell, Suite
 from ttt_bench.sweep.progress import Progress
-from ttt_bench.sweep.suite import PlannedCell, Suite, SuiteError
+from ttt_bench.sweep.schema import SuiteError
 
-GiB = 2**30
 READY = "ready"
 WORKER_START_TIMEOUT_S = 300
 
@@ -233,51 +228,6 @@ def _worker_main(connection: Connection) -> None:
         connection.send(measure_planned_cell(cell))
 
 
-_ENVIRONMENTS: dict[tuple[str, int], dict[str, object]] = {}
-_MATMUL_PEAKS: dict[tuple[str, str, int], float] = {}
-
-
-def measure_planned_cell(cell: PlannedCell) -> list[dict[str, object]]:
-    """Measure in this process: the cell's tidy rows with its config, timing of the run and environment."""
-    started = now_utc()
-    start = time.perf_counter()
-    for module in cell.imports:
-        importlib.import_module(module)
-    if cell.settings.threads is not None:
-        torch.set_num_threads(cell.settings.threads)
-    env_key = (cell.cell.device, torch.get_num_threads())
-    if env_key not in _ENVIRONMENTS:
-        _ENVIRONMENTS[env_key] = environment(cell.cell.device)
-    rows = train_cell(cell) if cell.training is not None else _profile_rows(cell)
-    run_columns = {"started_at": started, "finished_at": now_utc(), "wall_s": time.perf_counter() - start}
-    return [{**cell.config_columns(), **row, **run_columns, **_ENVIRONMENTS[env_key]} for row in rows]
-
-
-def _profile_rows(cell: PlannedCell) -> list[dict[str, object]]:
-    counts_flops = cell.cell.seq_len <= cell.settings.count_flops_max_seq_len
-    budget = memory_budget_bytes(cell)
-    row = measure_cell(
-        cell.cell,
-        cell.settings.timing_budget(),
-        memory_budget_bytes=budget,
-        metrics=tuple(m for m in cell.metrics if m != "flops" or counts_flops),
-        passes=cell.passes,
-        skip_reason=cell.skip_reason,
-    )
-    row["memory_budget_bytes"] = budget
-    if "time" in cell.metrics and row["status"] == "ok":
-        row["matmul_tflops_per_s"] = _matmul_peak(cell.cell.device, cell.cell.dtype)
-    return tidy_rows(row, cell.passes)
-
-
-def _matmul_peak(device: str, dtype: str) -> float:
-    """Measured once per worker, device, dtype and thread count: the ceiling the cells' TFLOP/s is read against."""
-    key = (device, dtype, torch.get_num_threads())
-    if key not in _MATMUL_PEAKS:
-        _MATMUL_PEAKS[key] = matmul_tflops_per_s(device, DTYPES[dtype])
-    return _MATMUL_PEAKS[key]
-
-
 def failure_rows(cell: PlannedCell, status: str, message: str, started: str) -> list[dict[str, object]]:
     """Rows for a cell whose worker gave no result: its config, the status and what happened."""
     return [
@@ -285,19 +235,3 @@ def failure_rows(cell: PlannedCell, status: str, message: str, started: str) -> 
          "started_at": started, "finished_at": now_utc()}
         for measurement in cell.measurements
     ]
-
-
-def memory_budget_bytes(cell: PlannedCell) -> int | None:
-    """The tracked-bytes budget: as set, else on CPU half the free memory (tracked bytes miss kernel
-    workspace and allocator slack) and on CUDA none (the card's own limit)."""
-    if cell.settings.memory_budget_gib is not None:
-        return int(cell.settings.memory_budget_gib * GiB)
-    if cell.cell.device != "cpu":
-        return None
-    available = available_memory_bytes()
-    return None if available is None else available // 2
-
-
-def now_utc() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
-

@@ -14,9 +14,10 @@ from collections import Counter
 from dataclasses import dataclass
 
 from ttt_bench.results import ResultStore
+from ttt_bench.sweep.cell import now_utc
+from ttt_bench.sweep.plan import PlannedCell
 from ttt_bench.sweep.progress import Progress
-from ttt_bench.sweep.runner import failure_rows, now_utc, run_on_worker
-from ttt_bench.sweep.suite import PlannedCell
+from ttt_bench.sweep.runner import failure_rows, run_on_worker
 
 CLUSTERS = ("slurm", "local")
 
@@ -61,7 +62,7 @@ class SubmititExecutor:
             if all_done:
                 break
             time.sleep(self.poll_s)
-        for job, chunk in zip(jobs, chunks, strict=False):
+        for job, chunk in zip(jobs, chunks):
             unfinished = [cell for cell in chunk if cell.config_hash in waiting]
             if not unfinished:
                 continue

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ttt_bench import layers
-from ttt_bench.config import check_integer
+from ttt_bench.config import AnyOf, Integer, Number, Optional, Text, check_fields, check_integer, knob
 from ttt_bench.errors import ConfigError
 
 PARAM_MATCH_TOLERANCE = 0.10  # matched models lie within 10% of the target count (the rule LRA and MAD use)
@@ -155,11 +155,16 @@ def default_mlp_hidden(d_model: int, mlp_ratio: float) -> int:
 class ModelSettings:
     """The backbone around each mixer ([model] in a suite); width and heads are grid axes."""
 
-    n_layers: int = 2  # blocks L
-    mlp_ratio: float = 4.0  # MLP hidden width = ratio x D, unless matching parameters
-    match_params: str | int | None = None  # a layer (label or name) or a count: match every model's parameters to it
+    n_layers: int = knob(2, "blocks L", Integer(1))
+    mlp_ratio: float = knob(4.0, "MLP hidden width = ratio x D, unless matching parameters", Number())
+    match_params: str | int | None = knob(
+        None, "match every model's parameters to this: a layer of the suite (label or name), a registered layer, "
+              "or a parameter count", Optional(AnyOf((Text(), Integer(1)))))
     match_layer: str | None = None  # resolved: the registry name of the layer matched to
     match_knobs: tuple = ()  # resolved: its knobs, as sorted (name, value) pairs
+
+    def __post_init__(self) -> None:
+        check_fields(self, "model.")
 
     def model_config(self, layer: str, knobs: dict, d_model: int, n_heads: int, spec: InputSpec) -> ModelConfig:
         """The backbone for `layer`; with matching, its MLP width chosen to meet the target parameter count."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ttt_bench.config import check_integer
+from ttt_bench.config import Integer, Number, check_fields, knob
 from ttt_bench.errors import ConfigError
 from ttt_bench.training.models import ModelConfig, ModelCost, SequenceModel, parameter_count
 from ttt_bench.training.tasks.base import IGNORE_INDEX, TaskData
@@ -29,27 +29,22 @@ LOW_PRECISION = (torch.bfloat16, torch.float16)  # trained under autocast with f
 class TrainSettings:
     """How the outer loop trains ([train] in a suite)."""
 
-    steps: int = 300  # optimiser steps, at most (fewer when the target is reached)
-    lr: float = 1e-3  # peak AdamW learning rate
-    weight_decay: float = 0.05  # AdamW decay of weight matrices (not of biases, norms or gains)
-    warmup_steps: int = 30  # the learning rate rises linearly from 0 over these steps, then decays by a cosine
-    min_lr_ratio: float = 0.1  # the cosine ends at lr x this
-    clip_norm: float = 1.0  # clip the global gradient norm to this (0: no clipping)
-    eval_every: int = 0  # evaluate every this many steps (0: only at the end); early stopping looks here
-    eval_examples: int = 1000  # held-out examples per evaluation, at most
-    target_accuracy: float = 0.0  # stop once the held-out accuracy reaches this (0: never)
+    steps: int = knob(300, "optimiser steps, at most (fewer when the target is reached)", Integer(1))
+    lr: float = knob(1e-3, "peak AdamW learning rate", Number())
+    weight_decay: float = knob(0.05, "AdamW decay of weight matrices (not of biases, norms or gains)",
+                               Number(closed=True))
+    warmup_steps: int = knob(30, "the learning rate rises linearly from 0 over these steps, then decays by a "
+                                 "cosine", Integer(0))
+    min_lr_ratio: float = knob(0.1, "the cosine ends at lr x this", Number(0.0, 1.0, closed=True))
+    clip_norm: float = knob(1.0, "clip the global gradient norm to this (0: no clipping)", Number(closed=True))
+    eval_every: int = knob(0, "evaluate every this many steps (0: only at the end); early stopping looks here",
+                           Integer(0))
+    eval_examples: int = knob(1000, "held-out examples per evaluation, at most", Integer(1))
+    target_accuracy: float = knob(0.0, "stop once the held-out accuracy reaches this (0: never)",
+                                  Number(0.0, 1.0, closed=True))
 
     def __post_init__(self) -> None:
-        for name, minimum in (("steps", 1), ("warmup_steps", 0), ("eval_every", 0), ("eval_examples", 1)):
-            check_integer("train", name, getattr(self, name), minimum)
-        for name, low, high in (("lr", 0.0, math.inf), ("weight_decay", -1e-12, math.inf),
-                                ("min_lr_ratio", -1e-12, 1.0), ("clip_norm", -1e-12, math.inf),
-                                ("target_accuracy", -1e-12, 1.0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value <= high:
-                bound = "> 0" if low == 0 else ">= 0"
-                raise ConfigError(f"train: {name}={value!r} is not allowed; it must be a number {bound}"
-                                  + ("" if high == math.inf else f" and <= {high:g}"))
+        check_fields(self, "train.")
 
     def learning_rate(self, step: int) -> float:
         """The rate for optimiser step `step` (0-based)."""

@@ -49,7 +49,7 @@ def _inner_grads(weights, biased, head, k: torch.Tensor, prepared: torch.Tensor)
 
 def _gd_step(weights, rated_inputs, grads, sign: float = -1.0) -> list[torch.Tensor]:
     """W'_l <- W'_l + sign * (diag(rates) X_l)^T G_l, the rates already applied to the inputs."""
-    return [torch.baddbmm(w, x.transpose(-1, -2), g, alpha=sign) for w, x, g in zip(weights, rated_inputs, grads, strict=False)]
+    return [torch.baddbmm(w, x.transpose(-1, -2), g, alpha=sign) for w, x, g in zip(weights, rated_inputs, grads)]
 
 
 def _rated(inputs, rates: torch.Tensor, rated_first: torch.Tensor | None = None) -> list[torch.Tensor]:
@@ -73,10 +73,10 @@ def causal_dual(q, k, target, eta, params: list[Dense], head, mini_batch: int, t
     n_full = n - n % mini_batch
     sizes = [s for s in (n_full, n - n_full) if s]
     outputs = []
-    for q_part, k_part, t_part, e_part in zip(*(x.split(sizes, dim=1) for x in (q, keys, prepared, eta)), strict=False):
+    for q_part, k_part, t_part, e_part in zip(*(x.split(sizes, dim=1) for x in (q, keys, prepared, eta))):
         b = min(mini_batch, q_part.shape[1])
         # Mini-batch-major [M, BH, b, ...]: each sequential step reads one contiguous block.
-        chunked = lambda x: x.unflatten(1, (x.shape[1] // b, b)).transpose(0, 1).contiguous()
+        chunked = lambda x, b=b: x.unflatten(1, (x.shape[1] // b, b)).transpose(0, 1).contiguous()
         rates = _mini_batch_rates(chunked(e_part), token_index_scale)  # [M, BH, b, b]
         last_rates = rates[..., -1, :]  # the rates that carry W to the next mini-batch
         k_chunks = chunked(k_part)
@@ -100,7 +100,7 @@ def _scan(weights, biased, head, k_chunks, rated_keys, prepared_chunks, last_rat
     start weights [M, BH, e, d], layer inputs [M, BH, b, e] and gradients [M, BH, b, d].
     """
     saved = []
-    for k_m, rated_k_m, t_m, last_m in zip(k_chunks, rated_keys, prepared_chunks, last_rates, strict=False):
+    for k_m, rated_k_m, t_m, last_m in zip(k_chunks, rated_keys, prepared_chunks, last_rates):
         inputs, grads = _inner_grads(weights, biased, head, k_m, t_m)
         saved.append((weights, inputs, grads))
         weights = _gd_step(weights, _rated(inputs, last_m, rated_k_m), grads)
@@ -112,7 +112,7 @@ def _dual_readout(q_chunks: torch.Tensor, starts, inputs, grads, biased, rates: 
     """q_chunks: [M, BH, b, d]; per layer, the mini-batches' start weights, inputs and gradients
     -> output [BH, M*b, d]."""
     x_bar, z_bar = q_chunks, None  # z_bar: the previous layer's pre-activation, the next layer's input
-    for layer, (w, x, g, has_bias) in enumerate(zip(starts, inputs, grads, biased, strict=False)):
+    for layer, (w, x, g, has_bias) in enumerate(zip(starts, inputs, grads, biased)):
         if layer:
             x_bar = F.gelu(z_bar)
         x_bar = with_ones(x_bar) if has_bias else x_bar
@@ -129,7 +129,7 @@ def causal_primal(q, k, target, eta, params: list[Dense], head, mini_batch: int,
     keys, queries = learners.first_input(biased, k), learners.first_input(biased, q)
     scales = _token_scales(mini_batch, token_index_scale, q)
     outputs = []
-    steps = zip(q.unbind(1), queries.unbind(1), keys.unbind(1), prepared.unbind(1), eta.unbind(1), strict=False)
+    steps = zip(q.unbind(1), queries.unbind(1), keys.unbind(1), prepared.unbind(1), eta.unbind(1))
     for t, (q_t, query_t, k_t, p_t, eta_t) in enumerate(steps):
         i = t % mini_batch
         if i == 0:
@@ -137,7 +137,7 @@ def causal_primal(q, k, target, eta, params: list[Dense], head, mini_batch: int,
             accumulated = [torch.zeros_like(w) for w in start]  # sum_{j<=i} eta_j grad l_j(start)
         inputs, grads = _inner_grads(start, biased, head, k_t[:, None], p_t[:, None])
         accumulated = _gd_step(accumulated, _rated(inputs, eta_t[:, None]), grads, sign=1.0)
-        weights = [w0 - scales[i] * acc for w0, acc in zip(start, accumulated, strict=False)]
+        weights = [w0 - scales[i] * acc for w0, acc in zip(start, accumulated)]
         z = learners.forward_with_cache(weights, biased, query_t[:, None])[0]
         outputs.append(head.readout(z, q_t[:, None]))
     return torch.cat(outputs, dim=1), learners.unaugment(weights, biased)
@@ -153,7 +153,7 @@ def full_batch(q, k, target, eta, params: list[Dense], head, steps: int, order: 
     if order is None:
         batches = [(keys, prepared, eta)] * steps
     else:
-        batches = zip(*(x.index_select(1, order).tensor_split(steps, dim=1) for x in (keys, prepared, eta)), strict=False)
+        batches = zip(*(x.index_select(1, order).tensor_split(steps, dim=1) for x in (keys, prepared, eta)))
     for k_s, p_s, e_s in batches:
         inputs, grads = _inner_grads(weights, biased, head, k_s, p_s)
         weights = _gd_step(weights, _rated(inputs, e_s / k_s.shape[1]), grads)

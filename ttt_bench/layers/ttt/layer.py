@@ -31,20 +31,37 @@ W0_INIT_STD = 0.02
 
 @dataclass
 class TTTConfig(MixerConfig):
-    learner: str = knob("linear", "inner learner f_res: 'linear' (d -> d), 'mlp' (d -> 4d GELU -> d), 'kernel' (Nadaraya-Watson, exp(k.q))")
-    causal: bool = knob(True, "True: mini-batch inner GD over the prefix (TTT); False: inner GD over the whole sequence (MTTT)")
-    reconstruction: str = knob("views", "'views': k + LN(f_res(k)) ~ v (follow-up paper); 'input': decoder g(f_res(k)) ~ x (first paper)")
+    learner: str = knob(
+        "linear",
+        "inner learner f_res: 'linear' (d -> d), 'mlp' (d -> 4d GELU -> d), 'kernel' (Nadaraya-Watson, exp(k.q))",
+    )
+    causal: bool = knob(
+        True, "True: mini-batch inner GD over the prefix (TTT); False: inner GD over the whole sequence (MTTT)",
+    )
+    reconstruction: str = knob(
+        "views", "'views': k + LN(f_res(k)) ~ v (follow-up paper); 'input': decoder g(f_res(k)) ~ x (first paper)",
+    )
     mini_batch: int = knob(16, "causal: tokens per inner GD step (b)")
     inner_steps: int = knob(1, "non-causal: inner GD steps T (the causal loop takes one step per mini-batch)")
     inner_sgd: bool = knob(False, "non-causal: inner step t sees only the t-th of T random splits of the tokens")
     eta_base: float = knob(1.0, "inner learning rate eta_base (> 0)")
     learn_eta: bool = knob(True, "per head and token eta_t = eta_base * sigmoid(theta_lr x_t + b) (else eta_base)")
-    eta_over_head_dim: bool = knob(True, "divide eta by the head dim d, as the official code does, so eta*||k||^2 stays O(1)")
-    token_index_scale: bool = knob(True, "causal: token i of a mini-batch reads W - (1/i) sum_{j<=i} eta_j grad_j (official code)")
-    learn_w0: bool = knob(True, "W0 is an outer-loop parameter (else fixed: zero for 'linear', its random init for 'mlp')")
+    eta_over_head_dim: bool = knob(
+        True, "divide eta by the head dim d, as the official code does, so eta*||k||^2 stays O(1)",
+    )
+    token_index_scale: bool = knob(
+        True, "causal: token i of a mini-batch reads W - (1/i) sum_{j<=i} eta_j grad_j (official code)",
+    )
+    learn_w0: bool = knob(
+        True, "W0 is an outer-loop parameter (else fixed: zero for 'linear', its random init for 'mlp')",
+    )
     inner_bias: bool = knob(True, "the inner learner's dense layers have biases")
-    ln_residual: bool = knob(True, "'views': f(k) = k + LN(f_res(k)); 'input': LayerNorm on the reconstruction (decoder LN)")
-    form: str = knob("dual", "causal: 'dual' (mini-batch matmuls; training, prefill) or 'primal' (token by token; decoding)")
+    ln_residual: bool = knob(
+        True, "'views': f(k) = k + LN(f_res(k)); 'input': LayerNorm on the reconstruction (decoder LN)",
+    )
+    form: str = knob(
+        "dual", "causal: 'dual' (mini-batch matmuls; training, prefill) or 'primal' (token by token; decoding)",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -203,7 +220,8 @@ class TTTLayer(SequenceMixer):
             macs += projection_macs(batch, seq_len, d_model, heads)
         if cfg.learner == "kernel":
             executed, useful = attention.attention_macs(batch, heads, seq_len, d, cfg.causal)
-            backward = autograd_backward_macs(macs) + attention.attention_backward_macs(batch, heads, seq_len, d, "sdpa")
+            backward = autograd_backward_macs(macs) + attention.attention_backward_macs(
+                batch, heads, seq_len, d, "sdpa")
             return LayerCost(tokens, macs + executed, macs + useful, backward, None)
 
         widths = learners.layer_widths(cfg.learner, d)

@@ -54,7 +54,7 @@ def augment(params: list[Dense]) -> tuple[list[torch.Tensor], list[bool]]:
 
 
 def unaugment(weights: list[torch.Tensor], biased: list[bool]) -> list[Dense]:
-    return [(w[..., :-1, :], w[..., -1:, :]) if b else (w, None) for w, b in zip(weights, biased, strict=False)]
+    return [(w[..., :-1, :], w[..., -1:, :]) if b else (w, None) for w, b in zip(weights, biased)]
 
 
 def first_input(biased: list[bool], x: torch.Tensor) -> torch.Tensor:
@@ -66,7 +66,7 @@ def forward_with_cache(weights: list[torch.Tensor], biased: list[bool], x: torch
     """f_res with augmented weights on x = first_input(...), with each layer's (augmented) input X_l
     and pre-activation Z_l."""
     inputs, preacts = [], []
-    for i, (w, b) in enumerate(zip(weights, biased, strict=False)):
+    for i, (w, b) in enumerate(zip(weights, biased)):
         if i:
             x = F.gelu(preacts[-1])
             x = with_ones(x) if b else x

@@ -1,0 +1,302 @@
+"""Reading a suite file: TOML in, a checked Suite out, or one SuiteError naming the file, the key, the bad value
+and what is allowed. Nothing runs before the whole file is checked.
+
+    name = "quick"
+    metrics = ["flops", "memory", "time"]
+    layers = ["attention-sdpa-causal", "ttt-*", { name = "ttt-linear", label = "b64", knobs = { mini_batch = 64 } }]
+
+    [grid]                       # every axis is a list (or one value); the cells are their product
+    seq_len = [256, 1024, 4096]
+    dtype = "float32"
+
+    [measure]                    # how each cell is measured
+    repeats = 3
+
+A training suite lists tasks and trains a backbone around each layer instead of profiling the layer:
+
+    metrics = ["accuracy"]
+    tasks = ["mnist", { name = "mqar", label = "mqar-16", options = { n_pairs = 16 } }]
+    [model]                      # the backbone: blocks, MLP width, parameter matching
+    match_params = "linear-attention"
+    [train]                      # the outer loop
+    steps = 300
+
+The keys and what they allow are declared in ttt_bench/sweep/schema.py (docs/suite-keys.md); the rules in
+ttt_bench/sweep/rules.py.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import itertools
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from ttt_bench import layers
+from ttt_bench.config import Allowed, Integer, Number, OneOf
+from ttt_bench.errors import ConfigError, UnknownLayerError
+from ttt_bench.profile.measure import DTYPES, METRICS
+from ttt_bench.sweep.plan import LayerEntry, Suite, TaskEntry
+from ttt_bench.sweep.rules import check_rule
+from ttt_bench.sweep.schema import (
+    ACCURACY,
+    DEVICE_PATTERN,
+    GRID_AXES,
+    LAYER_ENTRY_KEYS,
+    SETTINGS_TABLES,
+    TASK_ENTRY_KEYS,
+    TOP_LEVEL_KEYS,
+    TRAINING_BATCH,
+    SuiteError,
+    table_keys,
+)
+from ttt_bench.training import tasks
+from ttt_bench.training.models import ModelSettings
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Read and check a suite file; SuiteError on anything that would not run."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise SuiteError(f"{path}: cannot read the suite file ({error})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise SuiteError(f"{path}: not valid TOML: {error}") from None
+    return parse_suite(data, path, text)
+
+
+def parse_suite(data: dict, path: Path, text: str = "") -> Suite:
+    check = Checker(path)
+    check.keys("", data, tuple(TOP_LEVEL_KEYS))
+    name = check.string("name", data.get("name", path.stem))
+    description = check.string("description", data.get("description", ""))
+    imports = tuple(
+        check.string(f"imports[{i}]", module) for i, module in enumerate(check.list("imports", data.get("imports", [])))
+    )
+    for index, module in enumerate(imports):
+        try:
+            importlib.import_module(module)
+        except Exception as error:  # any failure to import is the suite's problem, reported as such
+            raise SuiteError(
+                f"{path}: key 'imports[{index}]': cannot import {module!r} ({type(error).__name__}: {error})"
+            ) from None
+    task_entries = _parse_tasks(check, data.get("tasks", []))
+    default_metrics = [ACCURACY] if task_entries else list(METRICS)
+    metrics = tuple(check.list("metrics", data.get("metrics", default_metrics), nonempty=True))
+    for index, metric in enumerate(metrics):
+        check.choice(f"metrics[{index}]", metric, (*METRICS, ACCURACY))
+    if task_entries and metrics != (ACCURACY,):
+        raise check.fail("metrics", list(metrics), "a suite with 'tasks' trains models: its metrics are ['accuracy']; "
+                         "profile the layers in a suite of its own (both may write to one results folder)")
+    if ACCURACY in metrics and not task_entries:
+        raise SuiteError(f"{path}: key 'tasks' is missing; 'accuracy' trains a model on tasks: list them "
+                         f"(tasks: {', '.join(tasks.task_names())})")
+    for key in ("model", "train"):
+        if key in data and not task_entries:
+            raise SuiteError(f"{path}: key {key!r} applies to training suites only; add 'tasks' or remove it")
+    grid = _parse_grid(check, data.get("grid", {}))
+    if task_entries and "batch" not in data.get("grid", {}):
+        grid["batch"] = TRAINING_BATCH
+    entries = _parse_layers(check, data.get("layers"))
+    for entry in entries:
+        for d_model, n_heads in itertools.product(grid["d_model"], grid["n_heads"]):
+            try:
+                layers.config(entry.layer, d_model=d_model, n_heads=n_heads, **entry.knobs)
+            except (ValueError, TypeError) as error:
+                raise SuiteError(f"{path}: key {entry.key!r} (layer {entry.layer!r} as {entry.label!r}, "
+                                 f"d_model={d_model}, n_heads={n_heads}): {error}") from None
+    settings = _parse_settings(check, "measure", data.get("measure", {}))
+    rules = tuple(
+        (kind, check_rule(check, f"{kind}[{i}]", rule))
+        for kind in ("exclude", "only")
+        for i, rule in enumerate(check.list(kind, data.get(kind, [])))
+    )
+    suite = Suite(path, text, name, description, metrics, imports, tuple(entries), grid, settings, rules,
+                  _parse_settings(check, "oom", data.get("oom", {})), tuple(task_entries),
+                  _parse_model(check, data.get("model", {}), entries),
+                  _parse_settings(check, "train", data.get("train", {})))
+    if grid["seq_len"] is not None and not suite.cells():
+        raise SuiteError(f"{path}: the grid is empty after the 'exclude' and 'only' rules; nothing would run")
+    return suite
+
+
+class Checker:
+    """Value checks whose errors name the file and the key."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, key: str, value: Any, allowed: str) -> SuiteError:
+        return SuiteError(f"{self.path}: key {key!r}: value {value!r} is not allowed; {allowed}")
+
+    def keys(self, prefix: str, table: Any, allowed: tuple[str, ...]) -> None:
+        if not isinstance(table, dict):
+            raise self.fail(prefix.rstrip(".") or "(top level)", table, "it must be a table")
+        for key in table:
+            if key not in allowed:
+                raise SuiteError(f"{self.path}: unknown key {prefix + key!r}; allowed keys here: {', '.join(allowed)}")
+
+    def string(self, key: str, value: Any) -> str:
+        if not isinstance(value, str):
+            raise self.fail(key, value, "it must be a string")
+        return value
+
+    def list(self, key: str, value: Any, nonempty: bool = False) -> list:
+        if not isinstance(value, list):
+            raise self.fail(key, value, "it must be a list")
+        if nonempty and not value:
+            raise self.fail(key, value, "it must list at least one value")
+        return value
+
+    def integer(self, key: str, value: Any, minimum: int) -> int:
+        return self.check(key, value, Integer(minimum))
+
+    def number(self, key: str, value: Any, low: float = 0.0, high: float = float("inf")) -> float:
+        """A number in (low, high]."""
+        return self.check(key, value, Number(low, high))
+
+    def choice(self, key: str, value: Any, allowed) -> Any:
+        return self.check(key, value, OneOf(tuple(allowed)))
+
+    def check(self, key: str, value: Any, allowed: Allowed) -> Any:
+        try:
+            return allowed.check(key, value)
+        except ConfigError as error:
+            raise SuiteError(f"{self.path}: {error}") from None
+
+
+def _parse_grid(check: Checker, table: Any) -> dict[str, list]:
+    check.keys("grid.", table, tuple(GRID_AXES))
+    grid = {}
+    for axis, spec in GRID_AXES.items():
+        raw = table.get(axis, spec.default)
+        if raw is None:
+            grid[axis] = None
+            continue
+        values = check.list(f"grid.{axis}", raw if isinstance(raw, list) else [raw], nonempty=True)
+        for i, value in enumerate(values):
+            key = f"grid.{axis}[{i}]"
+            if axis == "dtype":
+                check.choice(key, value, sorted(DTYPES))
+            elif axis == "device":
+                if not isinstance(value, str) or not DEVICE_PATTERN.fullmatch(value):
+                    raise check.fail(key, value, "use 'cpu', 'cuda' or 'cuda:<index>'")
+            else:
+                check.integer(key, value, 0 if axis == "seed" else 1)
+        if len(set(map(str, values))) != len(values):
+            raise check.fail(f"grid.{axis}", values, "each value may appear once")
+        grid[axis] = values
+    return grid
+
+
+def _parse_layers(check: Checker, raw: Any) -> list[LayerEntry]:
+    if raw is None:
+        raise SuiteError(f"{check.path}: key 'layers' is missing; list registered layer names (see `ttt-bench ls`)")
+    entries = []
+    for i, entry in enumerate(check.list("layers", raw, nonempty=True)):
+        key = f"layers[{i}]"
+        if isinstance(entry, str):
+            matched = fnmatch.filter(layers.names(), entry)
+            if not matched:
+                raise SuiteError(f"{check.path}: key {key!r}: no registered layer matches {entry!r}; "
+                                 f"registered layers: {', '.join(layers.names())}")
+            entries += [LayerEntry(name, name, {}, key) for name in matched]
+            continue
+        check.keys(key + ".", entry, LAYER_ENTRY_KEYS)
+        name = check.string(f"{key}.name", entry.get("name"))
+        try:
+            layers.variant(name)
+        except UnknownLayerError as error:
+            raise SuiteError(f"{check.path}: key '{key}.name': {error}") from None
+        knobs = entry.get("knobs", {})
+        check.keys(f"{key}.knobs.", knobs, tuple(k.name for k in layers.knobs(name)))
+        if "d_model" in knobs or "n_heads" in knobs:
+            raise SuiteError(f"{check.path}: key '{key}.knobs': d_model and n_heads are grid axes; set them in [grid]")
+        label = entry.get("label")
+        sweep = entry.get("sweep", {})
+        for swept in _sweep(check, key, sweep, [k.name for k in layers.knobs(name) if k.name not in knobs]):
+            settings = {**knobs, **swept}
+            if label is not None:
+                variant_label = check.string(f"{key}.label", label)
+                variant_label += "".join(f"-{k}={v}" for k, v in swept.items())
+            else:
+                variant_label = name + "".join(f"-{k}={v}" for k, v in sorted(settings.items()))
+            entries.append(LayerEntry(variant_label, name, settings, key))
+    _check_unique_labels(check, "layers", [entry.label for entry in entries], "'label' or knobs")
+    return entries
+
+
+def _sweep(check: Checker, key: str, sweep: Any, allowed: list[str]) -> list[dict]:
+    """An entry's 'sweep' table (name -> values), checked, as the list of its combinations."""
+    check.keys(f"{key}.sweep.", sweep, tuple(allowed))
+    for name, values in sweep.items():
+        check.list(f"{key}.sweep.{name}", values, nonempty=True)
+    return [dict(zip(sweep, combination)) for combination in itertools.product(*sweep.values())]
+
+
+def _check_unique_labels(check: Checker, key: str, labels: list[str], remedy: str) -> None:
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        raise SuiteError(f"{check.path}: key {key!r}: {repeated} listed more than once; give each entry its own "
+                         f"{remedy}")
+
+
+def _parse_tasks(check: Checker, raw: Any) -> list[TaskEntry]:
+    entries = []
+    for i, entry in enumerate(check.list("tasks", raw)):
+        key = f"tasks[{i}]"
+        if isinstance(entry, str):
+            entry = {"name": entry}
+        check.keys(key + ".", entry, TASK_ENTRY_KEYS)
+        name = check.choice(f"{key}.name", entry.get("name"), tasks.task_names())
+        options = entry.get("options", {})
+        check.keys(f"{key}.options.", options, tuple(tasks.option_docs(name)))
+        label = check.string(f"{key}.label", entry.get("label", name))
+        sweep = entry.get("sweep", {})
+        for swept in _sweep(check, key, sweep, [o for o in tasks.option_docs(name) if o not in options]):
+            given = {**options, **swept}
+            try:
+                tasks.task_options(name, given)
+            except ConfigError as error:
+                raise SuiteError(f"{check.path}: key {key!r}: {error}") from None
+            entries.append(TaskEntry(label + "".join(f"-{k}={v}" for k, v in swept.items()), name, given, key))
+    _check_unique_labels(check, "tasks", [entry.label for entry in entries], "'label'")
+    return entries
+
+
+def _parse_model(check: Checker, table: Any, entries: list[LayerEntry]) -> ModelSettings:
+    check.keys("model.", table, table_keys("model"))
+    values: dict[str, Any] = {key: value for key, value in table.items() if key != "match_params"}
+    target = table.get("match_params")
+    if isinstance(target, str):
+        by_label = {entry.label: entry for entry in entries}
+        if target in by_label:
+            entry = by_label[target]
+            values |= {"match_layer": entry.layer, "match_knobs": tuple(sorted(entry.knobs.items()))}
+        elif target in layers.names():
+            values["match_layer"] = target
+        else:
+            raise check.fail("model.match_params", target, f"name a layer of this suite ({', '.join(by_label)}), a "
+                             f"registered layer, or give a parameter count")
+        values["match_params"] = target
+    elif target is not None:
+        values["match_params"] = check.integer("model.match_params", target, 1)
+    return _settings(check, ModelSettings, values)
+
+
+def _parse_settings(check: Checker, table: str, values: Any):
+    """A [measure], [oom] or [train] table, checked against its declaration (ttt_bench.sweep.schema)."""
+    check.keys(f"{table}.", values, table_keys(table))
+    return _settings(check, SETTINGS_TABLES[table], values)
+
+
+def _settings(check: Checker, cls: type, values: dict):
+    try:
+        return cls(**values)
+    except ConfigError as error:
+        raise SuiteError(f"{check.path}: {error}") from None

@@ -1,0 +1,164 @@
+"""The keys a suite file may hold, each declared once: its default, what it allows and a one-line doc. The parser
+(ttt_bench.sweep.parse) checks a file against these declarations, its errors quote them, and docs/suite-keys.md
+is generated from them (`python -m ttt_bench.sweep.schema > docs/suite-keys.md`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ttt_bench.config import Integer, ListOf, Number, OneOf, Optional, check_fields, declared_fields, knob
+from ttt_bench.errors import ConfigError
+from ttt_bench.profile.measure import DTYPES, METRICS, TimingBudget
+from ttt_bench.results import PROFILE_MEASUREMENTS
+from ttt_bench.training.models import ModelSettings
+from ttt_bench.training.train import TrainSettings
+
+
+class SuiteError(ConfigError):
+    """A suite file that cannot run as written; the message names the file, the key and what is allowed."""
+
+
+ACCURACY = "accuracy"  # the metric of a training suite
+DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?")
+
+
+@dataclass(frozen=True)
+class GridAxis:
+    default: list | None  # None: no default (seq_len: `run` needs it, `oom` searches it instead)
+    doc: str
+
+
+GRID_AXES = {
+    "seq_len": GridAxis(None, "sequence lengths N (tokens); required by `run`, searched by `oom`"),
+    "batch": GridAxis([1], "batch sizes B (sequences); a training suite's default is [32]"),
+    "d_model": GridAxis([256], "model widths D (features)"),
+    "n_heads": GridAxis([4], "heads H; D must be divisible by H"),
+    "dtype": GridAxis(["float32"], f"parameter and activation dtypes: {', '.join(sorted(DTYPES))}"),
+    "device": GridAxis(["cpu"], "'cpu', 'cuda' or 'cuda:<index>'"),
+    "seed": GridAxis([0], "seeds of the initial weights and inputs (and of a training run's data), >= 0"),
+}
+TRAINING_BATCH = [32]  # grid.batch of a training suite that does not set it
+NUMERIC_AXES = ("seq_len", "batch", "d_model", "n_heads", "seed")
+RULE_OPERATORS = ("gt", "ge", "lt", "le")
+
+TOP_LEVEL_KEYS = {
+    "name": "the suite's name: results go to results/NAME by default (default: the file's name)",
+    "description": "one line shown by `ttt-bench ls`",
+    "metrics": f"what a profiling suite collects, any of {list(METRICS)} (the analytic FLOPs are always there); "
+               f"a training suite's is ['{ACCURACY}']",
+    "imports": "modules imported first, in the runner and in every worker: they register layers of your own",
+    "layers": "layer entries: a registered name, a glob over the names ('ttt-*'), or a table "
+              "{ name, label, knobs, sweep }",
+    "tasks": "a training suite's task entries: a task name or a table { name, label, options, sweep }",
+    "grid": "the axes whose product makes the cells (below)",
+    "measure": "how each cell is measured ([measure], below)",
+    "model": "a training suite's backbone ([model], below)",
+    "train": "a training suite's outer loop ([train], below)",
+    "exclude": "rules [[exclude]]: drop the cells that match every condition (with 'reason': keep them as skipped)",
+    "only": "rules [[only]]: the cells whose layer (and task) match keep only the grid values that match",
+    "oom": "the out-of-memory search of `ttt-bench oom` ([oom], below)",
+}
+LAYER_ENTRY_KEYS = ("name", "label", "knobs", "sweep")
+TASK_ENTRY_KEYS = ("name", "label", "options", "sweep")
+
+
+@dataclass(frozen=True)
+class MeasureSettings:
+    """How each cell is measured ([measure]); all but `timeout_s` are part of a cell's identity."""
+
+    repeats: int = knob(5, "timed repeats of a call, at least", Integer(1))
+    slow_repeats: int = knob(3, "timed repeats, at least, of a call slower than 2 x min_time_s", Integer(1))
+    min_time_s: float = knob(0.5, "timed repeats go on until they add up to this many seconds", Number())
+    threads: int | None = knob(None, "CPU threads (torch.set_num_threads); unset leaves torch's default",
+                               Optional(Integer(1)))
+    memory_budget_gib: float | None = knob(
+        None, "tracked-bytes budget per cell in GiB; unset: half the free memory on CPU, the card's own on CUDA",
+        Optional(Number()))
+    count_flops_max_seq_len: int = knob(1024, "count FLOPs with fvcore and FlopCounterMode up to this N (tokens)",
+                                        Integer(0))
+    timeout_s: float = knob(900.0, "a cell with no result after this many seconds is recorded as 'timeout'",
+                            Number())
+
+    def __post_init__(self) -> None:
+        check_fields(self, "measure.")
+
+    def timing_budget(self) -> TimingBudget:
+        return TimingBudget(
+            min_total_s=self.min_time_s, min_repeats=self.repeats, slow_call_s=2 * self.min_time_s,
+            slow_min_repeats=self.slow_repeats,
+        )
+
+
+@dataclass(frozen=True)
+class OomSettings:
+    """The out-of-memory frontier search ([oom]); see ttt_bench.sweep.oom."""
+
+    budget_gib: float | None = knob(None, "the memory budget in GiB on any device; unset: the two below",
+                                    Optional(Number()))
+    budget_fraction: float = knob(1.0, "on CUDA: this fraction of the card's memory", Number(0.0, 1.0))
+    cpu_budget_gib: float = knob(1.0, "on CPU: this many GiB of tracked live tensor bytes", Number())
+    measurement: str = knob("forward_backward", "the pass whose peak must fit", OneOf(PROFILE_MEASUREMENTS))
+    start_seq_len: int = knob(1024, "the doubling starts here (and halves from here if this does not fit)",
+                              Integer(1))
+    min_seq_len: int = knob(16, "give up below this N", Integer(1))
+    max_seq_len: int = knob(2**20, "stop doubling here: the frontier is at least this", Integer(1))
+    resolution: int = knob(256, "bisect until the fitting and the failing N are this close; N stays a multiple "
+                                "of it", Integer(1))
+    fit_seq_lens: tuple[int, ...] = knob((512, 1024, 2048, 4096), "small N whose peaks the memory polynomial is "
+                                         "fitted to", ListOf(Integer(1), distinct_at_least=2))
+    predict_budget_gib: tuple[float, ...] = knob((80.0,), "budgets (GiB) to predict the frontier for from the fit",
+                                                 ListOf(Number()))
+
+    def __post_init__(self) -> None:
+        check_fields(self, "oom.")
+        if not self.min_seq_len <= self.start_seq_len <= self.max_seq_len:
+            raise ConfigError(f"key 'oom': min_seq_len <= start_seq_len <= max_seq_len must hold; got "
+                              f"{self.min_seq_len}, {self.start_seq_len}, {self.max_seq_len}")
+
+
+SETTINGS_TABLES = {"measure": MeasureSettings, "oom": OomSettings, "model": ModelSettings, "train": TrainSettings}
+
+
+def table_keys(table: str) -> tuple[str, ...]:
+    """The keys a [table] of a suite file may set."""
+    return tuple(field.name for field in declared_fields(SETTINGS_TABLES[table]))
+
+
+def reference_markdown() -> str:
+    """docs/suite-keys.md: every key of a suite file with its default, what it allows and its doc."""
+    lines = ["# Suite keys", "",
+             "Generated from the declarations in `ttt_bench/sweep/schema.py`, `ttt_bench/training/models.py` and "
+             "`ttt_bench/training/train.py` (`python -m ttt_bench.sweep.schema > docs/suite-keys.md`); a test keeps "
+             "this file equal to them. How the keys work together: [suites.md](suites.md).", "",
+             "## Top level", "", "| key | meaning |", "|---|---|"]
+    lines += [f"| `{key}` | {doc} |" for key, doc in TOP_LEVEL_KEYS.items()]
+    lines += ["", "## [grid]", "", "Each axis is a list, or one value. The cells are the product of the axes.", "",
+              "| key | default | meaning |", "|---|---|---|"]
+    lines += [f"| `{axis}` | {'—' if spec.default is None else _shown(spec.default)} | {spec.doc} |"
+              for axis, spec in GRID_AXES.items()]
+    for table, cls in SETTINGS_TABLES.items():
+        lines += ["", f"## [{table}]", "", (cls.__doc__ or "").strip().splitlines()[0], "",
+                  "| key | default | allowed | meaning |", "|---|---|---|---|"]
+        for field in declared_fields(cls):
+            allowed = field.metadata["allowed"]
+            lines.append(f"| `{field.name}` | {_shown(field.default)} | "
+                         f"{allowed.describe() if allowed else 'see the meaning'} | {field.metadata['doc']} |")
+    lines += ["", "## [[exclude]] and [[only]]", "",
+              "A rule's conditions: `layer` and `task` (names or globs, matched against the label and the registered "
+              "name), and any grid axis: a value, a list of values, or bounds "
+              f"{{ {', '.join(f'{op} = x' for op in RULE_OPERATORS)} }} on the numeric axes "
+              f"({', '.join(NUMERIC_AXES)}). `reason` keeps the dropped cells as 'skipped' with that reason.", ""]
+    return "\n".join(lines)
+
+
+def _shown(value: object) -> str:
+    if value is None:
+        return "unset"
+    return f"`{list(value) if isinstance(value, tuple) else value!r}`".replace("'", '"')
+
+
+if __name__ == "__main__":
+    print(reference_markdown(), end="")
+
