@@ -202,9 +202,8 @@ def count_with_fvcore(module: torch.nn.Module, *inputs: torch.Tensor) -> OpCount
         return counts
 
     def analysis_with(handles):
-        from fvcore.nn import (
-            FlopCountAnalysis,  # here: importing fvcore.nn warns, and only counting needs it
-        )
+        # Imported here: importing fvcore.nn warns, and only counting needs it.
+        from fvcore.nn import FlopCountAnalysis
 
         analysis = FlopCountAnalysis(module, inputs).clear_op_handles().set_op_handle(**handles)
         # fvcore skips a fixed list of ops (relu, masked_fill, copy_, ...) without a word; emptied so
