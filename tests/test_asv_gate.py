@@ -17,7 +17,7 @@ from ttt_bench.errors import ConfigError
 from ttt_bench.profile.measure import Cell, measure_cell
 from ttt_bench.regression.asv_results import find_result_file, load_asv_results
 from ttt_bench.regression.benchmark_grid import benchmark_grid
-from ttt_bench.regression.gate import DETERMINISTIC_TOLERANCES, TIME_FACTOR, gate_thresholds, refresh_baseline, run_gate
+from ttt_bench.regression.gate import TIME_FACTOR, gate_thresholds, refresh_baseline, run_gate
 from ttt_bench.sweep.schema import SuiteError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -231,7 +231,7 @@ def test_a_benchmark_that_stops_working_fails_the_gate(tmp_path, capsys):
 
 
 def test_accuracy_moves_within_its_stated_tolerance_only(tmp_path, capsys):
-    assert DETERMINISTIC_TOLERANCES["accuracy"] == 0.01
+    assert gate_thresholds(same_cpu=True)["accuracy"] == 0.01
     code, out = gate(tmp_path, capsys, accuracy=[0.5 * 0.995])
     assert code == 0 and "| ttt-linear | 0.5 | 0.4975 | 0.995 |  |" in out  # shown: it moved
     assert gate(tmp_path, capsys, accuracy=[0.5 * 0.98])[0] == 1

@@ -20,9 +20,14 @@ from typing import Any
 from ttt_bench.errors import ConfigError
 
 
+def not_allowed(key: str, value: Any, why: str) -> str:
+    """The one wording of a refused setting: "key 'k': value v is not allowed; <what is allowed>"."""
+    return f"key {key!r}: value {value!r} is not allowed; {why}"
+
+
 class Allowed:
-    """What values a setting takes: `requirement(value)` says what a value that fails lacks, `convert` gives
-    the stored form of one that passes."""
+    """What values a setting takes: `requirement()` says what a refused value lacks, `convert` gives the stored
+    form of one that passes."""
 
     def describe(self) -> str:
         raise NotImplementedError
@@ -40,7 +45,7 @@ class Allowed:
         """`value` in its stored form, or ConfigError "key 'k': value v is not allowed; ...". A list checks
         each item under 'k[i]'."""
         if not self.admits(value):
-            raise ConfigError(f"key {key!r}: value {value!r} is not allowed; {self.requirement()}")
+            raise ConfigError(not_allowed(key, value, self.requirement()))
         return self.convert(value)
 
 
@@ -126,8 +131,7 @@ class ListOf(Allowed):
         super().check(key, value)
         items = tuple(self.item.check(f"{key}[{i}]", v) for i, v in enumerate(value))
         if len(set(items)) < self.distinct_at_least:
-            raise ConfigError(f"key {key!r}: value {value!r} is not allowed; give at least {self.distinct_at_least} "
-                              f"different values")
+            raise ConfigError(not_allowed(key, value, f"give at least {self.distinct_at_least} different values"))
         return items
 
 

@@ -228,7 +228,7 @@ def conform(table: pa.Table) -> pa.Table:
     """A cell file's table in SCHEMA: a current file as it is; an older one (columns typed by their values,
     nulls as a null type, timestamps as text) converted, its undeclared columns kept after the declared ones."""
     if table.schema.metadata and table.schema.metadata.get(SCHEMA_VERSION_KEY) == str(SCHEMA_VERSION).encode():
-        return table.select(SCHEMA.names).cast(SCHEMA) if table.schema.names != SCHEMA.names else table
+        return table
     frame = table.to_pandas()
     present = [name for name in SCHEMA.names if name in frame]
     declared = rows_table(frame[present].astype(object).where(frame[present].notna(), None).to_dict("records")

@@ -228,32 +228,32 @@ def _failures(frame: pd.DataFrame) -> Section:
 
 
 def _title(frame: pd.DataFrame, result_dirs: list[Path]) -> str:
-    suites = ", ".join(dict.fromkeys(frame["suite"].dropna().astype(str))) if "suite" in frame else ""
+    suites = ", ".join(dict.fromkeys(frame["suite"].dropna().astype(str)))
     return f"ttt-bench report: {suites or ', '.join(d.name for d in result_dirs)}"
 
 
 def _facts(frame: pd.DataFrame, result_dirs: list[Path]) -> list[tuple[str, str]]:
+    """The run's environment; `frame` comes from load_results, which gives every declared column."""
+
     def values(column: str) -> str:
-        if column not in frame:
-            return NOT_AVAILABLE
         return ", ".join(dict.fromkeys(str(v) for v in frame[column].dropna())) or NOT_AVAILABLE
 
     gpu = values("gpu_name")
-    memory = pd.to_numeric(frame.get("gpu_memory_bytes"), errors="coerce") if "gpu_memory_bytes" in frame else None
+    memory = frame["gpu_memory_bytes"]
     facts = [("results", ", ".join(str(d) for d in result_dirs)),
              ("device", gpu if gpu != NOT_AVAILABLE else f"CPU: {values('cpu_model')}")]
-    if memory is not None and memory.notna().any():
+    if memory.notna().any():
         facts.append(("GPU memory (GiB)", f"{memory.max() / GiB:.1f}"))
     facts += [("CPU cores (count)", values("cpu_count")), ("torch threads (count)", values("threads")),
               ("torch", values("torch_version")), ("CUDA", values("cuda_version")),
               ("driver", values("driver_version")), ("python", values("python_version")),
               ("platform", values("platform")), ("ttt-bench", values("ttt_bench_version")),
               ("commit", values("git_commit"))]
-    if "started_at" in frame and frame["started_at"].notna().any():
+    if frame["started_at"].notna().any():
         first, last = frame["started_at"].dropna().min(), frame["finished_at"].dropna().max()
         facts.append(("ran (UTC)", f"{first.isoformat(timespec='milliseconds')} to "
                                    f"{last.isoformat(timespec='milliseconds')}"))
-    facts.append(("cells (count)", f"{frame['config_hash'].nunique() if 'config_hash' in frame else len(frame)}"))
+    facts.append(("cells (count)", f"{frame['config_hash'].nunique()}"))
     return facts
 
 
@@ -269,9 +269,8 @@ def _suites(result_dirs: list[Path]) -> list[tuple[str, str]]:
 def default_report_name(result_dirs: list[Path]) -> str:
     """reports/<device>-<suite>: 'cpu' or the GPU's model (h100, h200, a100), then the suite's name."""
     frame = load_results(result_dirs[0])
-    suite = str(frame["suite"].dropna().iloc[0]) if "suite" in frame and frame["suite"].notna().any() else (
-        result_dirs[0].name)
-    gpu = str(frame["gpu_name"].dropna().iloc[0]) if "gpu_name" in frame and frame["gpu_name"].notna().any() else ""
+    suite = str(frame["suite"].dropna().iloc[0]) if frame["suite"].notna().any() else result_dirs[0].name
+    gpu = str(frame["gpu_name"].dropna().iloc[0]) if frame["gpu_name"].notna().any() else ""
     return f"{device_slug(gpu)}-{suite}"
 
 

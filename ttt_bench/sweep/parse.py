@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ttt_bench import layers
-from ttt_bench.config import Allowed, Integer, Number, OneOf
+from ttt_bench.config import Allowed, Integer, Number, OneOf, not_allowed
 from ttt_bench.errors import ConfigError, UnknownLayerError
 from ttt_bench.profile.measure import DTYPES, METRICS
 from ttt_bench.sweep.plan import LayerEntry, Suite, TaskEntry
@@ -132,7 +132,7 @@ class Checker:
         self.path = path
 
     def fail(self, key: str, value: Any, allowed: str) -> SuiteError:
-        return SuiteError(f"{self.path}: key {key!r}: value {value!r} is not allowed; {allowed}")
+        return SuiteError(f"{self.path}: {not_allowed(key, value, allowed)}")
 
     def keys(self, prefix: str, table: Any, allowed: tuple[str, ...]) -> None:
         if not isinstance(table, dict):
