@@ -56,6 +56,9 @@ POSITION_MEASUREMENT = "loss_by_position"  # a per-token task's held-out loss ov
 MEASUREMENTS = (*PROFILE_MEASUREMENTS, TRAIN_MEASUREMENT, POSITION_MEASUREMENT)
 
 MiB, GiB = 2**20, 2**30
+# A timing whose p80 / p20 is above this is flagged noisy (docs/measurement.md): on an idle machine the calls of
+# one cell stay within a few percent of each other; contention for the cores shows as a spread of 2x or more.
+NOISY_SPREAD = 1.5
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,8 @@ COLUMNS: tuple[Column, ...] = (
         ("n_layers", INT, "count", "training cells: blocks of the backbone"),
         ("match_params", STRING, "", "training cells: the layer or parameter count the backbone is matched to"),
         ("train_settings", STRING, "", "training cells: the outer loop's settings (JSON)"),
+        ("measure_settings", STRING, "", "how the cell was measured: the suite's [measure] settings that shape "
+         "its numbers (JSON); rows that differ here are never averaged together"),
     ),
     *_columns(
         "outcome",
@@ -117,6 +122,8 @@ COLUMNS: tuple[Column, ...] = (
         ("message", STRING, "", "why a cell is not ok (empty when it is)"),
         ("task_description", STRING, "", "training cells: the data the task loaded"),
         ("uncounted_ops", STRING, "", "ops a FLOP counter met without a rule, 'counter:op;...'"),
+        ("noisy", pa.bool_(), "", f"the timing's spread (time_spread) is above NOISY_SPREAD = {NOISY_SPREAD:g}: "
+         "the median is not a result to fit or compare"),
     ),
     *_columns(
         "metric",
@@ -125,6 +132,8 @@ COLUMNS: tuple[Column, ...] = (
         ("time_p20_ms", FLOAT, "ms", "20th percentile of the timed calls", {"label": "time p20 (ms)"}),
         ("time_p80_ms", FLOAT, "ms", "80th percentile of the timed calls", {"label": "time p80 (ms)"}),
         ("time_repeats", INT, "count", "timed calls"),
+        ("time_spread", FLOAT, "ratio", "p80 / p20 of the timed calls: 1 is a steady clock",
+         {"label": "spread p80/p20 (ratio)"}),
         ("tokens_per_s", FLOAT, "tokens/s", "B x N over the median time (training cells: over training)",
          {"label": "throughput (tokens/s)", "better": "higher"}),
         ("tflops_per_s", FLOAT, "TFLOP/s", "analytic FLOPs over the median time (training cells: over training)",
@@ -176,6 +185,8 @@ COLUMNS: tuple[Column, ...] = (
         ("started_at", TIMESTAMP, "UTC", "when the cell started"),
         ("finished_at", TIMESTAMP, "UTC", "when the cell finished"),
         ("wall_s", FLOAT, "s", "the whole cell's wall-clock in its worker, setup included"),
+        ("run_id", STRING, "", "the `ttt-bench run` that wrote the cell: runs/<run_id>/ holds its suite and "
+         "environment"),
     ),
     *_columns(
         "environment",
@@ -186,6 +197,8 @@ COLUMNS: tuple[Column, ...] = (
         ("cpu_model", STRING, "", "the CPU's model name"),
         ("cpu_count", INT, "count", "logical CPUs of the machine"),
         ("threads", INT, "count", "torch's intra-op threads in the worker"),
+        ("cpus_available", INT, "count", "CPUs the worker may run on (its affinity mask)"),
+        ("load_average", FLOAT, "runnable tasks", "the machine's 1-minute load average when the cell started"),
         ("ttt_bench_version", STRING, "", "the installed ttt-bench"),
         ("git_commit", STRING, "", "the ttt-bench checkout's commit ('+dirty' with uncommitted changes)"),
         ("gpu_name", STRING, "", "the CUDA device's name"),
