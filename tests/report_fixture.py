@@ -1,11 +1,14 @@
-"""A results folder written by hand for the report tests: exact power laws (so fits and crossovers have known
-answers), training and per-position rows, and cells that ended oom, error, timeout, diverged and skipped."""
+"""Results folders written by hand for the report tests. write_fixture_results: exact power laws (so fits and
+crossovers have known answers), training and per-position rows, and cells that ended oom, error, timeout, diverged
+and skipped, in a folder from before measure settings and noise flags were stored. write_two_settings_results: one
+suite run twice into one folder under different threads, the first run on a busy machine."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from ttt_bench.results import ResultStore
+from ttt_bench.results import NOISY_SPREAD, ResultStore
 
 ENV = {"torch_version": "2.13.0+cpu", "cuda_version": "not available", "python_version": "3.11.7",
        "platform": "Linux", "cpu_model": "Test CPU", "cpu_count": 2, "threads": 2, "ttt_bench_version": "0.1.0",
@@ -99,4 +102,61 @@ def write_fixture_results(root: Path) -> Path:
                                                                                                      0.05)])
     store.write_cell("ttt-mlp-mnist-0", [_train_row("ttt-mlp", "mnist", 196, 0, 0.0, 4e5, status="diverged")])
     store.write_run_files(ENV, 'name = "fixture"\n')
+    return root
+
+
+# Two runs of one suite into one folder: threads = 2 on a busy machine, then threads = 1 on a quiet one (issue 16).
+TWO_SETTINGS_SEQ_LENS = (256, 512, 1024, 2048)
+BUSY = {"threads": 2, "cpus_available": 2, "load_average": 3.5}
+QUIET = {"threads": 1, "cpus_available": 2, "load_average": 0.2}
+# The busy run's SDPA forward at N = 512 and the quiet run's: averaged, they would read 13.95 ms.
+BUSY_SDPA_512_MS, QUIET_SDPA_512_MS = 24.0, 3.9
+SPREADS = {("attention-sdpa-causal", 512): 17.0, ("attention-sdpa-causal", 2048): 3.0}  # busy run, forward
+# The busy run's ttt-linear forward takes less time at 2048 than at 1024, every timing steady: not a power law.
+FALLING = {1024: 31.0, 2048: 20.0}
+FORWARD_SLOWER = ("attention-sdpa-causal", 1024)  # busy run: its forward took longer than its forward+backward
+
+
+def measure_settings_json(threads: int) -> str:
+    return json.dumps({"count_flops_max_seq_len": 1024, "memory_budget_gib": None, "min_time_s": 0.5,
+                       "repeats": 5, "slow_repeats": 3, "threads": threads}, sort_keys=True)
+
+
+def _timed_row(variant: str, seq_len: int, measurement: str, run: dict, time: float, spread: float) -> dict:
+    """A profiling row with the columns a current run writes: measure settings, spread, noisy flag, run id."""
+    p20, p80 = time / spread**0.5, time * spread**0.5
+    threads = run["threads"]
+    return {**ENV, **SETTING, **run, "suite": "fixture-two-settings", "variant": variant, "layer": variant,
+            "config_hash": f"{variant}-{seq_len}-t{threads}", "seq_len": seq_len, "seed": 0,
+            "measurement": measurement, "status": "ok", "message": "",
+            "measure_settings": measure_settings_json(threads),
+            "run_id": f"run-threads-{threads}", "time_ms": time, "time_p20_ms": p20, "time_p80_ms": p80,
+            "time_spread": spread, "noisy": spread > NOISY_SPREAD, "time_repeats": 5,
+            "peak_bytes": peak_bytes(variant, seq_len), "flops": 2e6 * seq_len,
+            "started_at": "2026-11-25T00:00:00+00:00", "finished_at": "2026-11-25T00:01:00+00:00"}
+
+
+def quiet_time_ms(variant: str, seq_len: int) -> float:
+    """The quiet run's forward: a clean power law through QUIET_SDPA_512_MS for attention (N^2), N^1 for ttt."""
+    return QUIET_SDPA_512_MS * (seq_len / 512) ** 2 if variant == "attention-sdpa-causal" else 0.01 * seq_len
+
+
+def write_two_settings_results(root: Path) -> Path:
+    """The folder of the issue: every cell measured at threads = 2 (noisy: wide spreads, a forward slower than its
+    forward + backward, a time that falls with N) and again at threads = 1 (clean power laws)."""
+    store = ResultStore(root)
+    for variant in ("attention-sdpa-causal", "ttt-linear"):
+        for seq_len in TWO_SETTINGS_SEQ_LENS:
+            quiet = quiet_time_ms(variant, seq_len)
+            store.write_cell(f"{variant}-{seq_len}-t1", [
+                _timed_row(variant, seq_len, "forward", QUIET, quiet, 1.05),
+                _timed_row(variant, seq_len, "forward_backward", QUIET, 3 * quiet, 1.05)])
+            busy = BUSY_SDPA_512_MS if (variant, seq_len) == ("attention-sdpa-causal", 512) else 2 * quiet
+            if variant == "ttt-linear" and seq_len in FALLING:
+                busy = FALLING[seq_len]
+            backward = busy / 2 if (variant, seq_len) == FORWARD_SLOWER else 3 * busy
+            store.write_cell(f"{variant}-{seq_len}-t2", [
+                _timed_row(variant, seq_len, "forward", BUSY, busy, SPREADS.get((variant, seq_len), 1.05)),
+                _timed_row(variant, seq_len, "forward_backward", BUSY, backward, 1.05)])
+    store.write_run_files(ENV, 'name = "fixture-two-settings"\n')
     return root

@@ -2,6 +2,7 @@
 the compared setting, threshold parsing, the markdown document and the CI exit status."""
 
 import hashlib
+import json
 import math
 import shutil
 from pathlib import Path
@@ -219,11 +220,57 @@ def test_not_a_results_folder_and_unknown_metrics_are_user_errors(tmp_path):
         run_compare(a, a, {}, ["accuracy"], None)
 
 
-def test_duplicate_cells_within_a_set_are_reduced_to_their_median(tmp_path):
-    repeats = [profile_cell(time_ms=t, threads=n) for n, t in ((1, 1.0), (2, 2.0), (3, 9.0))]
-    comparison, _ = compare_dirs(tmp_path, repeats, [profile_cell(time_ms=2.0)])
-    assert comparison.tables["time_ms"].ratio.tolist() == [1.0, 1.0]
-    assert comparison.cells_compared == 1
+def measured(threads, **extra):
+    """The columns a current run writes about how a cell was measured, for profile_cell."""
+    return {"measure_settings": json.dumps({"min_time_s": 0.5, "repeats": 5, "threads": threads}, sort_keys=True),
+            "threads": threads, **extra}
+
+
+def test_rows_of_one_set_under_different_threads_are_never_averaged(tmp_path):
+    repeats = [profile_cell(time_ms=t, **measured(n)) for n, t in ((1, 1.0), (2, 2.0), (3, 9.0))]
+    comparison, markdown = compare_dirs(tmp_path, repeats, [profile_cell(time_ms=2.0, **measured(2))])
+    assert comparison.tables["time_ms"].ratio.tolist() == [1.0, 1.0]  # A's threads = 2 cell, not a median of three
+    assert (comparison.cells_compared, len(comparison.only_in_a)) == (1, 2)
+    assert comparison.measure_varying == [Change("threads", "1, 2, 3", "2")]
+    assert "threads: A has 1, 2, 3, B has 2. Cells are paired only where these agree" in markdown
+
+
+def test_a_timing_across_different_measure_settings_gets_no_verdict_and_the_setting_comes_first(tmp_path):
+    cells_a = [profile_cell(variant, n, time_ms=3 * n / 100, **measured(2)) for variant in ("attention", "ttt-linear")
+               for n in (256, 1024)]
+    cells_b = [profile_cell(variant, n, time_ms=n / 100, **measured(1)) for variant in ("attention", "ttt-linear")
+               for n in (256, 1024)]
+    cells_b[0] = profile_cell("attention", 256, time_ms=2.56, **measured(1))  # B's FLOPs of this cell below
+    for row in cells_b[0]:
+        row["flops"] *= 2
+    comparison, markdown = compare_dirs(tmp_path, cells_a, cells_b)
+    assert comparison.measure_changes == [Change("threads", "2", "1")] and comparison.cells_compared == 4
+    time = comparison.tables["time_ms"]
+    assert set(time.verdict) == {"better (threads: 2 → 1)"} and len(time) == 8
+    assert comparison.across_settings == 8
+    # FLOPs do not depend on threads: their change keeps its verdict and is counted.
+    assert comparison.regressions == 2 and comparison.improvements == 0
+    first_verdict = markdown.index("## ")
+    assert markdown.index("**Measure settings that differ between A and B:** threads: 2 → 1.") < first_verdict
+    assert "not counted as a regression or improvement" in markdown[:first_verdict]
+    assert ("**2 regressions, 0 improvements beyond the thresholds (8 timings beyond them measured under other "
+            "settings, threads: 2 → 1: not counted); 4 cells compared") in markdown
+    assert "| **better (threads: 2 → 1)** |" in markdown
+
+
+def test_the_same_settings_are_said_to_be_the_same(tmp_path):
+    comparison, markdown = compare_dirs(tmp_path, [profile_cell(**measured(1))], [profile_cell(**measured(1))])
+    assert comparison.measure_changes == comparison.measure_varying == [] and comparison.unrecorded == []
+    assert "**Measure settings that differ between A and B:** none (measure settings and threads are the same)." \
+        in markdown
+
+
+def test_a_folder_from_before_measure_settings_is_compared_and_said_to_lack_them(tmp_path):
+    old = [profile_cell(time_ms=1.0, threads=2)]
+    comparison, markdown = compare_dirs(tmp_path, old, [profile_cell(time_ms=1.0, **measured(2))])
+    assert comparison.unrecorded == ["A"] and comparison.measure_changes == [] and comparison.cells_compared == 1
+    assert "set A has no measure settings (a folder from before ttt-bench stored them)" in markdown
+    assert comparison.tables["time_ms"].verdict.eq("").all()
 
 
 def test_zero_in_both_is_no_change_and_zero_to_positive_is_a_regression(tmp_path):
@@ -318,3 +365,11 @@ def test_markdown_table_escapes_pipes_and_shows_nulls_empty():
     frame = pd.DataFrame({"a | b": ["x|y", None], "n (count)": [1, math.nan]})
     assert markdown_table(frame).splitlines() == [
         "| a \\| b | n (count) |", "|---|---|", "| x\\|y | 1.0 |", "|  |  |"]
+
+
+def test_older_folders_are_told_apart_by_the_threads_their_environment_recorded(tmp_path):
+    comparison, markdown = compare_dirs(tmp_path, [profile_cell(time_ms=3.0, threads=2)],
+                                        [profile_cell(time_ms=1.0, threads=1)])
+    assert comparison.unrecorded == ["A", "B"] and comparison.measure_changes == [Change("threads", "2", "1")]
+    assert comparison.improvements == 0 and comparison.across_settings == 2
+    assert "**Measure settings that differ between A and B:** threads: 2 → 1." in markdown

@@ -1,6 +1,15 @@
-"""Each family's analytic cost (MACs; FLOPs = 2 x MACs) against counts derived by hand for small cases."""
+"""Each family's analytic cost (MACs; FLOPs = 2 x MACs) against counts derived by hand for small cases, and each
+layer's declared memory order against its measured peaks."""
 
+import math
+
+import pytest
+
+from ttt_bench import layers
 from ttt_bench.layers import build
+from ttt_bench.layers.base import LayerCost
+from ttt_bench.profile.measure import Cell, Workload
+from ttt_bench.profile.memory import measure_peak_bytes
 
 
 def test_ttt_linear_dual_cost_by_hand():
@@ -89,3 +98,23 @@ def test_delta_rule_cost_by_hand():
     recurrent = build("delta-rule", d_model=4, n_heads=1, form="recurrent").cost(batch=1, seq_len=8)
     assert recurrent.forward_macs == recurrent.useful_forward_macs == 544 + 384
     assert cost.state_numel == 16
+
+
+@pytest.mark.parametrize("name", layers.names())
+def test_peak_memory_grows_with_the_declared_order(name):
+    """Doubling N multiplies the tracked peak by about 2^k, k = LayerCost.memory_order: 4 where the layer
+    materialises N x N scores, 2 where it does not (fixed overheads pull a ratio down a little, never to half
+    a power of two). A wrong declaration fails here: the memory fit extrapolates with it."""
+    order = build(name, d_model=16, n_heads=2).cost(1, 256).memory_order
+    for pass_name in ("fwd_bwd", "fwd"):
+        peaks = []
+        for seq_len in (256, 512):
+            work = Workload.build(Cell(name, seq_len, d_model=16, n_heads=2))
+            peaks.append(measure_peak_bytes(work.calls[pass_name]))
+        measured = math.log2(peaks[1] / peaks[0])
+        assert abs(measured - order) < 0.5, f"{name} {pass_name}: peak ~ N^{measured:.2f}, declared N^{order}"
+
+
+def test_a_memory_order_other_than_one_or_two_is_refused():
+    with pytest.raises(ValueError, match="memory_order=3 is not allowed"):
+        LayerCost(1, 1, 1, 2, None, memory_order=3)

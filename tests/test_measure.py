@@ -3,6 +3,7 @@ and the environment each result ran in."""
 
 import json
 import math
+import os
 import subprocess
 import sys
 import textwrap
@@ -12,9 +13,9 @@ import torch
 
 from ttt_bench.profile import env as env_module
 from ttt_bench.profile.env import environment
-from ttt_bench.profile.measure import ROW_COLUMNS, Cell, TimingBudget, measure_cell
+from ttt_bench.profile.measure import ROW_COLUMNS, Cell, TimingBudget, measure_cell, tidy_rows
 from ttt_bench.profile.memory import nvml_device_info
-from ttt_bench.results import NOT_AVAILABLE
+from ttt_bench.results import NOISY_SPREAD, NOT_AVAILABLE
 
 TINY = dict(d_model=16, n_heads=2)
 FAST = TimingBudget(min_total_s=0.0, min_repeats=2, slow_call_s=1.0, slow_min_repeats=2, max_repeats=2)
@@ -33,6 +34,10 @@ def test_a_row_holds_every_measurement():
         seconds = row[f"{name}_ms"] / 1000
         assert row[f"{name}_tokens_per_s"] == pytest.approx(2 * 40 / seconds)
         assert row[f"{name}_tflops_per_s"] == pytest.approx(row[f"{name}_flops"] / seconds / 1e12)
+        assert row[f"{name}_spread"] == row[f"{name}_p80_ms"] / row[f"{name}_p20_ms"] >= 1
+        assert row[f"{name}_noisy"] is (row[f"{name}_spread"] > NOISY_SPREAD)
+    for tidy in tidy_rows(row):
+        assert tidy["time_spread"] == tidy["time_p80_ms"] / tidy["time_p20_ms"] and isinstance(tidy["noisy"], bool)
 
 
 def test_causal_attention_reports_dense_and_useful_work():
@@ -50,6 +55,7 @@ def test_failures_are_rows_with_a_status():
     skipped = measure_cell(Cell("attention-naive", 8, **TINY), FAST, skip_reason="too big here")
     assert skipped["status"] == "skipped" and skipped["message"] == "too big here"
     assert skipped["fwd_macs"] > 0 and "fwd_ms" not in skipped
+    assert all(tidy["noisy"] is None and tidy["time_spread"] is None for tidy in tidy_rows(skipped))
 
 
 def test_out_of_memory_is_a_status_and_the_next_measurement_is_clean():
@@ -82,6 +88,21 @@ def test_environment_names_versions_devices_and_commit():
     assert info["threads"] == torch.get_num_threads()
     assert info["git_commit"] == NOT_AVAILABLE or all(c in "0123456789abcdef" for c in info["git_commit"][:40])
     json.dumps(info)  # stored beside results as env.json
+
+
+def test_machine_load_names_the_cpus_this_process_may_use_and_the_load():
+    load = env_module.machine_load()
+    assert load["cpus_available"] == len(os.sched_getaffinity(0)) <= os.cpu_count()
+    assert isinstance(load["load_average"], float) and load["load_average"] >= 0
+
+
+def test_machine_load_without_affinity_or_load_average(monkeypatch):
+    def no_load_average():
+        raise OSError("load average unobtainable")
+
+    monkeypatch.delattr(env_module.os, "sched_getaffinity")
+    monkeypatch.setattr(env_module.os, "getloadavg", no_load_average)
+    assert env_module.machine_load() == {"cpus_available": os.cpu_count(), "load_average": None}
 
 
 def test_git_commit_outside_a_checkout_is_not_available(monkeypatch):

@@ -1,4 +1,5 @@
-"""LiveBytesTracker counts op-allocated storages exactly: each once, until freed, backward included."""
+"""LiveBytesTracker counts op-allocated storages exactly: each once, until freed, backward included; and the
+memory fit (ttt_bench.profile.memory_fit) predicts from such peaks only what they support."""
 
 import gc
 import math
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from ttt_bench.profile.memory import LiveBytesTracker, measure_peak_bytes
+from ttt_bench.profile.memory_fit import FIT_TOLERANCE, MemoryFit, fit_memory, points_needed
 
 FLOAT32_BYTES = 4
 
@@ -200,3 +202,86 @@ def test_memory_of_a_linear_chain_is_linear_in_length():
 def test_negative_budget_is_refused():
     with pytest.raises(ValueError, match="budget_bytes"):
         LiveBytesTracker(budget_bytes=-1)
+
+
+# peak(N) = c0 + c1 N + c2 N^2 of naive causal attention at B = 1, D = 256, H = 4, as tracked (exactly).
+NAIVE_ATTENTION = (262152.0, 4096.0, 49.0)
+
+
+def polynomial(coefficients, lengths):
+    return [sum(c * n**i for i, c in enumerate(coefficients)) for n in lengths]
+
+
+def test_fit_recovers_lines_and_quadratics_and_solves_for_the_budget():
+    lengths = [512, 1024, 1536, 2048, 3072, 4096]
+    line = fit_memory(lengths, polynomial((4e4, 4776.0), lengths), order=1)
+    assert line.predicts and line.coefficients == pytest.approx((4e4, 4776.0), rel=1e-9)
+    assert line.max_seq_len(2**30) == pytest.approx((2**30 - 4e4) / 4776, rel=1e-9)
+    lengths = [128 * i for i in range(1, 10)]
+    quadratic = fit_memory(lengths, polynomial(NAIVE_ATTENTION, lengths), order=2)
+    c0, c1, c2 = NAIVE_ATTENTION
+    assert quadratic.predicts and quadratic.coefficients == pytest.approx(NAIVE_ATTENTION, rel=1e-6)
+    for budget in (2**26, 80 * 2**30):
+        n = quadratic.max_seq_len(budget)
+        assert c0 + c1 * n + c2 * n * n == pytest.approx(budget, rel=1e-9)
+    assert quadratic.max_seq_len(c0 / 2) == 0.0
+    flat = fit_memory(lengths, [1e6] * len(lengths), order=1)
+    assert flat.coefficients == (pytest.approx(1e6), 0.0) and flat.max_seq_len(2e6) == math.inf
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_fit_needs_three_points_per_coefficient(order):
+    coefficients = NAIVE_ATTENTION[:order + 1]
+    needed = points_needed(order)
+    assert needed == 3 * (order + 1)
+    lengths = [256 * i for i in range(1, needed + 1)]
+    too_few = fit_memory(lengths[:-1] + lengths[:1], polynomial(coefficients, lengths[:-1] + lengths[:1]), order)
+    assert not too_few.predicts and math.isnan(too_few.max_seq_len(2**30)) and not too_few.coefficients
+    assert f"{needed - 1} lengths measured" in too_few.note and f"needs {needed}" in too_few.note
+    assert fit_memory(lengths, polynomial(coefficients, lengths), order).predicts
+
+
+def test_a_line_through_quadratic_memory_is_refused_for_its_negative_intercept():
+    """The issue's case: naive attention's peaks fitted as a straight line (and here with enough points)."""
+    lengths = [128 * i for i in range(3, 9)]
+    fit = fit_memory(lengths, polynomial(NAIVE_ATTENTION, lengths), order=1)
+    assert fit.coefficients[0] < 0 and not fit.predicts
+    assert fit.note.startswith("negative intercept c0 = -") and "not c0 + c1 N" in fit.note
+    assert math.isnan(fit.max_seq_len(80 * 2**30))
+
+
+def test_a_small_negative_intercept_is_real_and_shrinking_memory_is_refused():
+    lengths = [256 * i for i in range(1, 7)]
+    # The delta rule at D = 16 holds tensors of N - C tokens: exactly linear, peak(0) a little below zero.
+    states = fit_memory(lengths, polynomial((-3064.0, 3128.0), lengths), order=1)
+    assert states.predicts and states.coefficients[0] == pytest.approx(-3064.0)
+    lengths = [256 * i for i in range(1, 10)]
+    shrinking = fit_memory(lengths, polynomial((5e7, 3e4, -1.0), lengths), order=2)
+    assert not shrinking.predicts and shrinking.note.startswith("negative c2 = -1 bytes per token^2")
+
+
+def test_a_point_off_the_polynomial_is_refused_and_round_off_is_not_negative():
+    lengths = [512 * i for i in range(1, 7)]
+    peaks = polynomial((0.0, 17520.0), lengths)  # linear attention's: no intercept at all
+    exact = fit_memory(lengths, peaks, order=1)
+    assert exact.predicts and exact.coefficients[0] == 0.0  # a fitted c0 of +-1e-9 bytes is round-off
+    peaks = polynomial((4e6, 17520.0), lengths)
+    assert fit_memory(lengths, peaks, order=1).predicts
+    bumped = peaks[:3] + [peaks[3] * (1 + 2.5 * FIT_TOLERANCE)] + peaks[4:]
+    fit = fit_memory(lengths, bumped, order=1)
+    assert not fit.predicts and f"misses N = {lengths[3]}" in fit.note
+
+
+def test_a_fit_survives_a_table_row_and_an_old_row_predicts_nothing(tmp_path):
+    import pandas as pd
+
+    lengths = [128 * i for i in range(1, 10)]
+    fits = [fit_memory(lengths, polynomial(NAIVE_ATTENTION, lengths), order=2),
+            fit_memory(lengths[:2], polynomial(NAIVE_ATTENTION, lengths[:2]), order=2),
+            fit_memory([1024], [5e6], order=1)]
+    path = tmp_path / "fits.csv"
+    pd.DataFrame([fit.columns() for fit in fits]).to_csv(path, index=False)
+    read = [MemoryFit.from_columns(row) for _, row in pd.read_csv(path).iterrows()]
+    assert read == fits
+    old = MemoryFit.from_columns({"fit_bytes": 1.0, "fit_bytes_per_token": 2.0, "fit_seq_lens": "512,1024"})
+    assert not old.predicts and "older ttt-bench" in old.note

@@ -21,11 +21,12 @@ ALLOWED = {
     FOUNDATION: set(),
     "layers": {FOUNDATION},
     "profile": {FOUNDATION, "layers"},
+    "layer_check": {FOUNDATION, "layers", "profile"},  # the layer contract, run by the tests and `ttt-bench check`
     "training": {FOUNDATION, "layers", "profile"},
     "sweep": {FOUNDATION, "layers", "profile", "training"},
     "report": {FOUNDATION, "layers", "profile"},
     "regression": {FOUNDATION, "layers", "profile", "training", "sweep", "report"},
-    "cli": {FOUNDATION, "layers", "profile", "training", "sweep", "report", "regression"},
+    "cli": {FOUNDATION, "layers", "profile", "layer_check", "training", "sweep", "report", "regression"},
 }
 
 

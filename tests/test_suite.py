@@ -1,21 +1,25 @@
 """Suite files: the grid expands as written, rules drop or skip what they say, and every mistake is one
 SuiteError naming the file, the key, the value and what is allowed; a bad file makes the CLI write nothing."""
 
+import os
+import re
 import string
 import tomllib
 from pathlib import Path
 
 import pytest
-from checks import write_suite
+from checks import user_layer_sandbox, write_suite
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ttt_bench.cli import main
+from ttt_bench.results import load_results
 from ttt_bench.sweep.parse import load_suite
 from ttt_bench.sweep.schema import SuiteError
 from ttt_bench.sweep.shipped import shipped_suites
 
 SUITES = Path(__file__).resolve().parents[1] / "suites"
+TEMPLATE_LAYER = Path(__file__).resolve().parents[1] / "docs" / "examples" / "my_layer.py"
 
 VALID = """
 name = "t"
@@ -142,6 +146,122 @@ def test_shipped_suites_are_valid_and_quick_covers_every_family():
     assert {c.cell.seq_len for c in quick.cells()} == {256, 1024, 4096, 16384}
     assert max(c.cell.seq_len for c in shipped["scaling"].cells()) >= 65536
     assert shipped["oom"].grid["seq_len"] is None
+
+
+# `imports`: a user's module by name or by .py path, relative to the suite file, in the parser and in every worker.
+
+USER_SUITE = """
+imports = [{imports}]
+layers = ["my-layer"]
+metrics = ["flops"]
+[grid]
+seq_len = 16
+d_model = 16
+n_heads = 2
+[measure]
+repeats = 1
+min_time_s = 0.01
+threads = 1
+"""
+
+
+@pytest.fixture
+def sandbox(monkeypatch, tmp_path):
+    yield from user_layer_sandbox(monkeypatch, tmp_path)
+
+
+def user_suite(tmp_path, monkeypatch, imports: str, layer_text: str | None = None) -> Path:
+    """A suite in tmp_path/mine/ beside my_layer.py (the template unless `layer_text`); the working directory is
+    another folder, and no PYTHONPATH points at either."""
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "my_layer.py").write_text(TEMPLATE_LAYER.read_text() if layer_text is None else layer_text)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    return write_suite(tmp_path / "mine", USER_SUITE.format(imports=imports))
+
+
+@pytest.mark.parametrize("imports", ['"my_layer.py"', '"my_layer"', '"./my_layer.py"'])
+def test_imports_find_a_layer_file_beside_the_suite(sandbox, tmp_path, monkeypatch, imports):
+    path = user_suite(tmp_path, monkeypatch, imports)
+    suite = load_suite(os.path.relpath(path))
+    assert suite.imports == (str(tmp_path.resolve() / "mine" / "my_layer.py"),)  # what a worker imports, from anywhere
+    assert [cell.imports for cell in suite.cells()] == [suite.imports]
+
+
+def test_imports_refuses_a_module_it_cannot_find_naming_what_it_tried(sandbox, tmp_path, monkeypatch):
+    path = user_suite(tmp_path, monkeypatch, '"my_layer.py", "no_such_layer"')
+    with pytest.raises(SuiteError) as error:
+        load_suite(path)
+    tried = path.parent.resolve() / "no_such_layer.py"
+    assert str(error.value) == (f"{path}: key 'imports[1]': cannot import 'no_such_layer': Python finds no module "
+                                f"'no_such_layer' (sys.path) and there is no file {tried}")
+
+
+# What a layer written without the docs looked like: its config holds no d_model, so every cell would have failed.
+PLAIN_CONFIG_LAYER = """
+from dataclasses import dataclass
+from contract_breakers import Sound
+from ttt_bench.layers import register
+
+@dataclass
+class PlainConfig:
+    decay: float = 0.5
+
+@register("my-layer")
+class MyLayer(Sound):
+    Config = PlainConfig
+"""
+NO_COST_LAYER = """
+from ttt_bench.layers import register
+from ttt_bench.layers.base import SequenceMixer
+
+@register("my-layer")
+class MyLayer(SequenceMixer):
+    def mix(self, x):
+        return x
+"""
+EXTRA_ARGUMENT_LAYER = """
+from contract_breakers import Sound
+from ttt_bench.layers import register
+
+@register("my-layer")
+class MyLayer(Sound):
+    def __init__(self, config, scale):
+        super().__init__(config)
+"""
+
+
+@pytest.mark.parametrize("layer_text, named", [
+    (PLAIN_CONFIG_LAYER, "key 'imports[0]': cannot import 'my_layer.py' (ConfigError: layer 'my-layer': MyLayer.Config "
+                         "is <class 'my_layer.PlainConfig'>, not a subclass of ttt_bench.layers.base.MixerConfig"),
+    (NO_COST_LAYER, "(ConfigError: layer 'my-layer': MyLayer does not define cost; a layer defines mix(x)"),
+    (EXTRA_ARGUMENT_LAYER, "key 'layers[0]' (layer 'my-layer' as 'my-layer', d_model=16, n_heads=2): it cannot be "
+                           "built (TypeError: MyLayer.__init__() missing 1 required positional argument: 'scale')"),
+], ids=["config-not-a-MixerConfig", "no-cost", "init-takes-more-than-its-config"])
+def test_a_layer_that_could_not_run_is_refused_before_anything_runs(sandbox, tmp_path, monkeypatch, layer_text, named):
+    path = user_suite(tmp_path, monkeypatch, '"my_layer.py"', layer_text)
+    with pytest.raises(SuiteError) as error:
+        load_suite(path)
+    assert str(error.value).startswith(f"{path}: ") and named in str(error.value)
+
+
+@pytest.mark.parametrize("layers_value, named", [
+    ('["ttt-linaer"]', "key 'layers[0]': no registered layer matches 'ttt-linaer' (did you mean 'ttt-linear'"),
+    ('[{ name = "delta-rul" }]', "key 'layers[0].name': unknown layer 'delta-rul' (did you mean 'delta-rule'?)"),
+])
+def test_a_misspelled_layer_gets_a_did_you_mean(tmp_path, layers_value, named):
+    path = write_suite(tmp_path, f"layers = {layers_value}\n[grid]\nseq_len = [8]")
+    with pytest.raises(SuiteError, match=re.escape(named)):
+        load_suite(path)
+
+
+def test_a_run_imports_the_layer_file_in_every_worker(sandbox, tmp_path, monkeypatch):
+    path = user_suite(tmp_path, monkeypatch, '"my_layer"')
+    out = tmp_path / "results"
+    assert main(["run", os.path.relpath(path), "--out", str(out), "--quiet"]) == 0
+    rows = load_results(out)
+    assert set(rows["layer"]) == {"my-layer"} and set(rows["status"]) == {"ok"}
+    assert (rows["macs"] == rows["macs_flop_counter"]).all()  # its cost against the count made in a worker process
 
 
 # Fuzzing: valid suites mutated at random, and random text. Either the file loads, or it raises SuiteError;

@@ -3,6 +3,7 @@
 These check the method, never a speed: tolerances are wide enough for a busy two-core machine.
 """
 
+import math
 import statistics
 import time
 
@@ -44,6 +45,14 @@ def test_percentiles_are_ordered():
     timing = time_callable(lambda: torch.linalg.qr(x), min_total_s=0.05, min_repeats=10)
     assert isinstance(timing, Timing)
     assert 0.0 < timing.p20_ms <= timing.median_ms <= timing.p80_ms
+
+
+def test_spread_is_p80_over_p20():
+    assert Timing(median_ms=3.0, p20_ms=2.0, p80_ms=5.0, repeats=5).spread == 2.5
+    assert Timing(median_ms=4.0, p20_ms=4.0, p80_ms=4.0, repeats=1).spread == 1.0  # one call: 1 by construction
+    assert math.isnan(Timing(median_ms=0.0, p20_ms=0.0, p80_ms=0.0, repeats=3).spread)
+    timing = time_callable(lambda: time.sleep(0.002), warmup=0, min_total_s=0.0, min_repeats=5)
+    assert timing.spread == timing.p80_ms / timing.p20_ms >= 1.0
 
 
 def test_min_repeats_honoured_when_time_is_already_enough():

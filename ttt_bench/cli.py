@@ -1,5 +1,5 @@
 """`ttt-bench` command line: run a suite, find the out-of-memory frontier, report on results, compare two result
-sets, gate an asv run against the committed baseline, list layers, tasks and suites.
+sets, gate an asv run against the committed baseline, list layers, tasks and suites, check a layer of your own.
 
 User errors (a bad suite file, an unknown layer, a locked results folder) print one line without a
 traceback and exit 2, having written nothing.
@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ttt_bench import __version__
 from ttt_bench.errors import ConfigError, UnknownLayerError
 
 
@@ -20,11 +21,14 @@ def _list(args: argparse.Namespace) -> None:
     from ttt_bench.sweep.shipped import shipped_suites
     from ttt_bench.training import tasks
 
+    _import_layer_modules(args.imports)
     selected = args.layers or layers.names()
     for name in selected:
         variant = layers.variant(name)
         settings = ", ".join(f"{key}={value!r}" for key, value in variant.settings.items())
-        print(f"{name:34} {variant.layer_cls.__name__}({settings})")
+        module = variant.layer_cls.__module__
+        origin = "" if module.startswith("ttt_bench.") else f"  (from {module})"
+        print(f"{name:34} {variant.layer_cls.__name__}({settings}){origin}")
         if args.knobs:
             for knob in layers.knobs(name):
                 print(f"    {knob.name} = {knob.default!r}  # {knob.doc}")
@@ -47,7 +51,38 @@ def _list(args: argparse.Namespace) -> None:
             print(f"  {path.stem:20} {'invalid':>14}  {error}")
 
 
-def _run(args: argparse.Namespace) -> None:
+def _import_layer_modules(specs: list[str]) -> list[str]:
+    """Import each module or .py file (relative to the working directory); the layers they register."""
+    from ttt_bench.layers.user_modules import import_layer_module
+
+    registered: list[str] = []
+    for spec in specs:
+        module = import_layer_module(spec)
+        if not module.layers:
+            raise ConfigError(f"{spec!r} registers no layer; decorate its SequenceMixer subclass with "
+                              f"@register('a-name') (docs/your-layer.md)")
+        registered += [name for name in module.layers if name not in registered]
+    return registered
+
+
+def _check(args: argparse.Namespace) -> int:
+    from ttt_bench import layers
+    from ttt_bench.layer_check import FAILED, run_checks, summary
+
+    selected = _import_layer_modules(args.modules)
+    if args.layer:
+        selected = [layers.variant(name).name for name in args.layer]
+    width = max(map(len, selected))
+    results = []
+    for name in selected:
+        for result in run_checks(name):
+            print(result.line(width), flush=True)
+            results.append(result)
+    print(summary(results))
+    return 1 if any(result.outcome == FAILED for result in results) else 0
+
+
+def _run(args: argparse.Namespace) -> int:
     from ttt_bench.results import ResultStore
     from ttt_bench.sweep.parse import load_suite
     from ttt_bench.sweep.runner import run_suite
@@ -56,30 +91,46 @@ def _run(args: argparse.Namespace) -> None:
     suite = load_suite(resolve_suite_path(args.suite))
     out = args.out or Path("results") / suite.name
     if args.dry_run:
-        _print_plan(suite, ResultStore(out), args.retry_failed)
-        return
+        _print_plan(suite, ResultStore(out), args)
+        return 0
     summary = run_suite(
-        suite, out, retry_failed=args.retry_failed, executor=_executor(args), show_progress=not args.quiet
+        suite, out, retry_failed=args.retry_failed, retry_noisy=args.retry_noisy, add=args.add,
+        executor=_executor(args), show_progress=not args.quiet,
     )
     counts = ", ".join(f"{count} {status}" for status, count in sorted(summary.statuses.items())) or "nothing to run"
+    kept = f"; this run's suite and environment in {out}/runs/{summary.run_id}/" if summary.run_id else ""
     print(f"{suite.name}: {summary.total} cells, {summary.already_done} already done, ran {summary.ran} "
-          f"({counts}); results in {out}/ (ttt_bench.results.load_results)")
+          f"({counts}); results in {out}/ (ttt_bench.results.load_results){kept}")
+    if not summary.unfinished:
+        return 0
+    which = ", ".join(f"{count} {status}" for status, count in summary.unfinished.items())
+    advice = ["each cell's message says what happened (`ttt-bench report` lists them)"]
+    if "timeout" in summary.unfinished:
+        advice.append("a timeout wants a larger [measure] timeout_s, fewer threads or an idle machine")
+    print(f"ttt-bench: {sum(summary.unfinished.values())} of {summary.total} cells gave no result ({which}): "
+          f"{'; '.join(advice)}; then rerun with --retry-failed")
+    return 1
 
 
-def _print_plan(suite, store, retry_failed: bool) -> None:
-    from ttt_bench.sweep.runner import needs_run
+def _print_plan(suite, store, args: argparse.Namespace) -> None:
+    from ttt_bench.sweep.runner import check_settings_match, needs_run
 
-    statuses = store.statuses()
     cells = suite.cells()
-    to_run = 0
+    if not args.add:
+        check_settings_match(cells, store)
+    stored = store.stored_cells()
+    to_run = noisy_kept = 0
     for cell in cells:
-        done = statuses.get(cell.config_hash)
-        runs = needs_run(cell, done, retry_failed)
+        done = stored.get(cell.config_hash)
+        runs = needs_run(cell, done, args.retry_failed, args.retry_noisy)
         to_run += runs
-        state = "run" if runs else f"done ({done})"
+        noisy_kept += done is not None and done.noisy and not runs
+        was = f" ({done.status}{', noisy' if done.noisy else ''})" if done is not None else ""
+        state = ("run" if runs else "done") + was
         skip = f"  skipped: {cell.skip_reason}" if cell.skip_reason else ""
         print(f"{cell.config_hash}  {state:16} {cell.describe()}{skip}")
-    print(f"{len(cells)} cells, {to_run} to run", file=sys.stderr)
+    kept = f"; {noisy_kept} done but noisy (--retry-noisy reruns them)" if noisy_kept else ""
+    print(f"{len(cells)} cells, {to_run} to run{kept}", file=sys.stderr)
 
 
 def _executor(args: argparse.Namespace):
@@ -97,7 +148,7 @@ def _executor(args: argparse.Namespace):
 def _oom(args: argparse.Namespace) -> None:
     import dataclasses
 
-    from ttt_bench.sweep.oom import frontier_table
+    from ttt_bench.sweep.oom import frontier_table, settings_lines
     from ttt_bench.sweep.parse import load_suite
     from ttt_bench.sweep.schema import DEVICE_PATTERN
     from ttt_bench.sweep.shipped import resolve_suite_path
@@ -110,20 +161,26 @@ def _oom(args: argparse.Namespace) -> None:
             raise ConfigError(f"--device {args.device!r} is not allowed; use 'cpu', 'cuda' or 'cuda:<index>'")
         suite = dataclasses.replace(suite, grid={**suite.grid, "device": [args.device]})
     out = args.out or Path("results") / suite.name
+    print("\n".join(settings_lines(suite)), flush=True)
     table = frontier_table(suite, out, show_progress=not args.quiet)
     columns = ["variant", "status", "max_seq_len", "first_failing_seq_len", "peak_bytes_at_max", "budget_bytes",
-               "predicted_max_seq_len", *[c for c in table.columns if c.startswith("predicted_max_seq_len_at_")]]
-    shown = table[columns]
-    print(shown.to_string(index=False, float_format=lambda v: f"{v:,.0f}"))
+               "memory_order", "predicted_max_seq_len",
+               *[c for c in table.columns if c.startswith("predicted_max_seq_len_at_")]]
+    print(table[columns].to_string(index=False, float_format=lambda v: f"{v:,.0f}"))
+    for variant, note in table.loc[table["prediction_note"] != "", ["variant", "prediction_note"]].itertuples(
+            index=False):
+        print(f"{variant}: no prediction: {note}")
     print(f"\nfrontier table: {out}/oom_frontier.csv; probes: {out}/cells/")
 
 
 def _report(args: argparse.Namespace) -> None:
-    from ttt_bench.report.build import ReportOptions, build_report, default_report_name
+    from ttt_bench.report.build import ReportOptions, build_report, default_report_folder, default_report_name
 
-    out = args.out or Path("reports") / default_report_name(args.results)
+    out = args.out or default_report_folder(args.results)
     page = build_report(args.results, out, ReportOptions(reference=args.reference, peak_tflops=args.peak_tflops))
     print(f"report: {page} (self-contained), {out / 'report.md'}, figures in {out / 'figures'}/")
+    if args.out is None:
+        print(f"to keep it with the committed reports: --out reports/{default_report_name(args.results)}")
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -154,19 +211,44 @@ def _positive(kind):
     return parse
 
 
+def _check_out_folder(args: argparse.Namespace) -> None:
+    """An --out folder may not exist yet, but it must not be a file (writing into it would fail midway)."""
+    out = getattr(args, "out", None)
+    if args.command in ("run", "oom", "report") and out is not None and out.is_file():
+        raise ConfigError(f"--out {out} is a file; give a folder (one that does not exist yet is made)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ttt-bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     ls = commands.add_parser("ls", help="list the registered layers, the tasks and the shipped suites")
     ls.add_argument("layers", nargs="*", help="layer names (default: all, and the tasks and suites)")
     ls.add_argument("--knobs", action="store_true", help="show each layer's knobs and each task's options")
+    ls.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                    help="first import this module or .py file, so that the layers it registers are listed too "
+                         "(repeatable)")
     ls.set_defaults(handler=_list)
+
+    check = commands.add_parser("check", help="run the layer contract on your layers (shapes, dtypes, determinism, "
+                                              "gradients, causality, FLOP counts, reference form); exit 1 on a failure")
+    check.add_argument("modules", nargs="+", metavar="MODULE",
+                       help="a .py file or a module name that registers layers (docs/your-layer.md)")
+    check.add_argument("--layer", action="append", default=[], metavar="NAME",
+                       help="check only this registered layer (repeatable; default: every layer the modules register)")
+    check.set_defaults(handler=_check)
 
     run = commands.add_parser("run", help="run a suite's cells into a results folder (resumable)")
     run.add_argument("suite", help="a suite file, or the name of a shipped suite (see `ttt-bench ls`)")
     run.add_argument("--out", type=Path, help="results folder (default results/<suite name>)")
     run.add_argument("--retry-failed", action="store_true", help="also rerun cells that ended in error, oom or timeout")
+    run.add_argument("--retry-noisy", action="store_true",
+                     help="also rerun cells with a timing flagged noisy (spread p80/p20 past the threshold of "
+                          "docs/measurement.md)")
+    run.add_argument("--add", action="store_true",
+                     help="run into a folder whose cells were measured with other [measure] settings: both are kept "
+                          "and reports draw them as separate series (without it such a run is refused)")
     run.add_argument("--dry-run", action="store_true", help="list the cells and what a run would do; run nothing")
     run.add_argument("--quiet", action="store_true", help="no progress display")
     run.add_argument("--executor", choices=("local", "slurm", "submitit-local"), default="local",
@@ -191,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser("report", help="figures, report.md and a self-contained report.html from results")
     report.add_argument("results", nargs="+", type=Path, help="results folders (their rows are reported together)")
-    report.add_argument("--out", type=Path, help="report folder (default reports/<device>-<suite>)")
+    report.add_argument("--out", type=Path, help="report folder (default: report/ inside the first results "
+                                                   "folder, so a committed report under reports/ is never overwritten)")
     report.add_argument("--reference", help="the softmax-attention variant for the crossover (default: the first of "
                                             "attention-sdpa-causal, attention-sdpa, attention-naive-causal, ...)")
     report.add_argument("--peak-tflops", type=_positive(float),
@@ -228,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _check_out_folder(args)
         code = args.handler(args)
     except (ConfigError, UnknownLayerError) as err:
         print(f"ttt-bench: error: {err}", file=sys.stderr)

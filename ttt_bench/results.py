@@ -5,14 +5,18 @@ below (name, type, unit, meaning; for a metric also its heading, shown scale, be
 it repeats exactly), with the statuses and the measurements. The sweep writes these rows, the report,
 compare and the CI gate read them, and docs/result-columns.md is generated from the same declaration.
 
-    results/<run>/
+    results/<folder>/
       cells/<config_hash>.parquet   the cell's rows, written whole or not at all, in one fixed schema (SCHEMA)
-      env.json                      the environment of the latest run
-      suite.toml                    the suite file as it was run (the latest)
+      runs/<run_id>/suite.toml      every run into the folder, kept: the suite file as it was run
+      runs/<run_id>/env.json        and the environment it ran in (with the CPUs available and the load)
+      env.json                      a copy of the latest run's environment
+      suite.toml                    a copy of the latest run's suite file
       .lock                         held while a run writes here
 
-A file appears by an atomic rename once its rows are on disk, so a kill -9 at any moment leaves every
-finished cell readable and no partial one. Rerunning a cell replaces its file: each config hash appears once.
+A run that measures something gets a run_id (its UTC start, sortable) and every row it writes carries it, so a
+row's runs/<run_id>/ says which suite file and environment produced it. A file appears by an atomic rename once
+its rows are on disk, so a kill -9 at any moment leaves every finished cell readable and no partial one.
+Rerunning a cell replaces its file: each config hash appears once.
 Every cell file has the same schema, so `pyarrow.dataset.dataset("<run>/cells")`, DuckDB's
 `read_parquet('<run>/cells/*.parquet')`, polars and `pandas.read_parquet("<run>/cells")` read a folder
 directly; files written before the schema was fixed are conformed to it when ttt-bench loads them.
@@ -27,7 +31,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -46,6 +50,8 @@ STATUSES = ("ok", "oom", "error", "timeout", "diverged", "skipped")
 RETRIABLE_STATUSES = ("oom", "error", "timeout")
 # Every status that is not a result: 'ok' in one set and one of these in another is a regression.
 FAILED_STATUSES = (*RETRIABLE_STATUSES, "diverged")
+# Cells that gave no answer at all (oom, skipped and diverged are answers): a run that ends with one exits 1.
+UNFINISHED_STATUSES = ("error", "timeout")
 
 PASSES = ("fwd_bwd", "fwd")  # what a profiling cell times: forward+backward (training) and forward
 MEASUREMENT_OF_PASS = {"fwd_bwd": "forward_backward", "fwd": "forward"}
@@ -256,10 +262,21 @@ class RunLockedError(ConfigError):
     """Another run is writing into the same results folder."""
 
 
+@dataclass(frozen=True)
+class StoredCell:
+    """What a rerun needs to know of a finished cell, read from its file."""
+
+    status: str
+    measurement: str | None  # of its first row: 'train' marks a training cell
+    measure_settings: str | None  # the JSON of its rows; None in a file written before ttt-bench recorded it
+    noisy: bool  # one of its timings is flagged noisy
+
+
 class ResultStore:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.cells_dir = self.root / "cells"
+        self.runs_dir = self.root / "runs"
 
     def write_cell(self, config_hash: str, rows: list[dict[str, object]]) -> None:
         """Replace the cell's rows, atomically."""
@@ -269,11 +286,21 @@ class ResultStore:
 
     def statuses(self) -> dict[str, str]:
         """config hash -> status of every finished cell."""
-        statuses = {}
+        return {config_hash: cell.status for config_hash, cell in self.stored_cells().items()}
+
+    def stored_cells(self) -> dict[str, StoredCell]:
+        """config hash -> what the file of every finished cell says of it."""
+        cells = {}
         for path in self._cell_files():
-            status = pq.read_table(path, columns=["status"]).column("status").to_pylist()
-            statuses[path.stem] = str(status[0]) if status else "error"
-        return statuses
+            present = set(pq.read_schema(path).names)
+            wanted = [name for name in ("status", "measurement", "measure_settings", "noisy") if name in present]
+            values = pq.read_table(path, columns=wanted).to_pydict()
+            first = {name: column[0] if column else None for name, column in values.items()}
+            cells[path.stem] = StoredCell(
+                status=str(first.get("status") or "error"), measurement=first.get("measurement"),
+                measure_settings=first.get("measure_settings"), noisy=any(values.get("noisy") or ()),
+            )
+        return cells
 
     def modification_times(self) -> dict[str, int]:
         """config hash -> when its file was last written (ns): a rerun cell shows a new time."""
@@ -292,11 +319,25 @@ class ResultStore:
             return SCHEMA.empty_table().to_pandas()
         return pa.concat_tables(tables, promote_options="default").to_pandas()
 
-    def write_run_files(self, env: dict[str, object], suite_text: str) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
+    def write_run_files(self, env: dict[str, object], suite_text: str) -> str:
+        """Keep a run's environment and suite file in runs/<run_id>/ and copy them to the top level (the latest
+        run's, which readers use); the new run_id."""
+        run_dir = self._new_run_dir()
         env_text = json.dumps(env, indent=2, default=str) + "\n"
-        _replace_atomically(self.root / "env.json", lambda file: file.write(env_text.encode()))
-        _replace_atomically(self.root / "suite.toml", lambda file: file.write(suite_text.encode()))
+        for folder in (run_dir, self.root):
+            _replace_atomically(folder / "env.json", lambda file: file.write(env_text.encode()))
+            _replace_atomically(folder / "suite.toml", lambda file: file.write(suite_text.encode()))
+        return run_dir.name
+
+    def _new_run_dir(self) -> Path:
+        """runs/<UTC start to the microsecond>/, made here: run ids sort by time, and no two runs share one."""
+        while True:
+            run_dir = self.runs_dir / datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+            try:
+                run_dir.mkdir(parents=True)
+                return run_dir
+            except FileExistsError:  # a run in the same microsecond: the clock moves on
+                continue
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:

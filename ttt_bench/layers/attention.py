@@ -69,6 +69,7 @@ class SoftmaxAttention(SequenceMixer):
     """Multi-head softmax self-attention, scale 1/sqrt(d)."""
 
     Config = AttentionConfig
+    reference_knobs = {"impl": "naive"}  # the fused SDPA kernel against the scores written out
 
     def mix(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.qkv(x)
@@ -82,4 +83,5 @@ class SoftmaxAttention(SequenceMixer):
         backward = autograd_backward_macs(projections) + attention_backward_macs(
             batch, cfg.n_heads, seq_len, cfg.head_dim, cfg.impl
         )
-        return LayerCost(batch * seq_len, projections + executed, projections + useful, backward, None)
+        return LayerCost(batch * seq_len, projections + executed, projections + useful, backward, None,
+                         memory_order=2 if cfg.impl == "naive" else 1)

@@ -6,6 +6,7 @@ Shapes: x: [B, N, D] (batch, sequence length, model width); per head q, k, v: [B
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -34,6 +35,9 @@ class MixerConfig:
         return self.d_model // self.n_heads
 
 
+MEMORY_ORDERS = (1, 2)  # peak memory ~ N (states, chunks, fused kernels) or ~ N^2 (materialised scores)
+
+
 @dataclass(frozen=True)
 class LayerCost:
     """Analytic matmul work of one forward pass and of its backward, from the layer's equations.
@@ -56,6 +60,14 @@ class LayerCost:
     # Forward work on its own op that only produces the final recurrent state (kept for decoding on):
     # the output does not depend on it, so no backward runs for it and a traced graph (fvcore) prunes it.
     final_state_macs: int = 0
+    # The power of N that peak memory grows with: 2 where the layer materialises N x N scores, else 1. The
+    # memory fit (ttt_bench/profile/memory_fit.py) fits a polynomial of this degree, and extrapolates no further.
+    memory_order: int = 1
+
+    def __post_init__(self) -> None:
+        if self.memory_order not in MEMORY_ORDERS:
+            raise ValueError(f"LayerCost.memory_order={self.memory_order!r} is not allowed; use "
+                             f"{' or '.join(map(str, MEMORY_ORDERS))} (the power of N that peak memory grows with)")
 
     @property
     def forward_flops(self) -> int:
@@ -101,6 +113,10 @@ class SequenceMixer(nn.Module):
     """Base of every registered layer: checks x: [B, N, D] and owns the q, k, v and output projections."""
 
     Config = MixerConfig
+    # The knob settings that turn this layer's fast form into its naive reference (a loop over tokens that reads
+    # like the equations), e.g. {"form": "recurrent"}; `ttt-bench check` and the contract tests compare the two
+    # on outputs and every gradient. None: no reference declared.
+    reference_knobs: ClassVar[dict[str, Any] | None] = None
 
     def __init__(self, config: MixerConfig) -> None:
         super().__init__()

@@ -78,6 +78,7 @@ class DeltaRule(SequenceMixer):
     """Delta rule: S_t = S_{t-1} - beta_t (S_{t-1} k_t - v_t) k_t^T with beta_t = sigmoid(theta_beta x_t)."""
 
     Config = DeltaRuleConfig
+    reference_knobs = {"form": "recurrent"}
 
     def __init__(self, config: DeltaRuleConfig) -> None:
         super().__init__(config)

@@ -85,6 +85,7 @@ class FastWeights(SequenceMixer):
     """Hebbian fast weights with decay: S_t = lambda S_{t-1} + eta v_t k_t^T, o_t = S_t q_t."""
 
     Config = FastWeightsConfig
+    reference_knobs = {"form": "recurrent"}
 
     def __init__(self, config: FastWeightsConfig) -> None:
         super().__init__(config)

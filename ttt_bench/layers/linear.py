@@ -91,6 +91,7 @@ class LinearAttention(SequenceMixer):
     """Multi-head linear attention phi(q) (sum phi(k)^T v) / normaliser."""
 
     Config = LinearAttentionConfig
+    reference_knobs = {"form": "recurrent"}  # the token loop of the paper's recurrence
 
     def mix(self, x: torch.Tensor) -> torch.Tensor:
         cfg = self.config

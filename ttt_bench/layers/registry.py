@@ -5,12 +5,15 @@
     class SoftmaxAttention(SequenceMixer): ...
 
 `build(name, **overrides)` makes the variant's config from its settings and the overrides, so a
-suite can sweep any knob of any variant; an unknown knob or name raises an error listing what exists.
+suite can sweep any knob of any variant; an unknown knob or name raises an error listing what exists (and the
+closest names). `register` refuses a class that `build` could not make: one that is not a SequenceMixer with
+`mix` and `cost`, or whose Config is not a dataclass subclassing MixerConfig (which holds d_model and n_heads).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -19,6 +22,7 @@ from typing import Any
 from torch import nn
 
 from ttt_bench.errors import ConfigError, UnknownLayerError
+from ttt_bench.layers.base import MixerConfig, SequenceMixer
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,7 @@ def register(name: str, **settings: Any):
             raise ValueError(
                 f"layer variant {name!r} is already registered (by {_VARIANTS[name].layer_cls.__name__})"
             )
+        _check_layer_class(name, layer_cls)
         _check_keys(name, layer_cls.Config, settings)
         _VARIANTS[name] = Variant(name, layer_cls, MappingProxyType(dict(settings)))
         return layer_cls
@@ -61,7 +66,15 @@ def variant(name: str) -> Variant:
     try:
         return _VARIANTS[name]
     except KeyError:
-        raise UnknownLayerError(f"unknown layer {name!r}; registered layers: {', '.join(names())}") from None
+        raise unknown_layer(name) from None
+
+
+def unknown_layer(name: str, what: str = "unknown layer") -> UnknownLayerError:
+    """The one-line error for a name no variant has: the closest registered names first, then all of them."""
+    close = [repr(close_name) for close_name in difflib.get_close_matches(name, names(), n=3)]
+    alternatives = " or ".join([", ".join(close[:-1]), close[-1]] if len(close) > 1 else close)
+    hint = f" (did you mean {alternatives}?)" if close else ""
+    return UnknownLayerError(f"{what} {name!r}{hint}; registered layers: {', '.join(names())}")
 
 
 def config(name: str, **overrides: Any):
@@ -89,6 +102,27 @@ def knobs(name: str) -> list[Knob]:
         Knob(f.name, v.settings.get(f.name, f.default), f.metadata.get("doc", ""))
         for f in dataclasses.fields(v.layer_cls.Config)
     ]
+
+
+def _check_layer_class(name: str, layer_cls: Any) -> None:
+    """What `build` needs of a class: `layer_cls(Config(d_model=..., n_heads=..., **knobs))`, then mix and cost."""
+    where = f"layer {name!r}: "
+    if not (isinstance(layer_cls, type) and issubclass(layer_cls, SequenceMixer)):
+        raise ConfigError(f"{where}{getattr(layer_cls, '__name__', layer_cls)!r} is not a subclass of "
+                          f"ttt_bench.layers.base.SequenceMixer; register a SequenceMixer subclass")
+    missing = [method for method in ("mix", "cost") if getattr(layer_cls, method) is getattr(SequenceMixer, method)]
+    if missing:
+        raise ConfigError(f"{where}{layer_cls.__name__} does not define {' and '.join(missing)}; a layer defines "
+                          f"mix(x) ([B, N, D] -> [B, N, D]) and cost(batch, seq_len) (a LayerCost)")
+    config_cls = layer_cls.Config
+    if not (isinstance(config_cls, type) and issubclass(config_cls, MixerConfig)):
+        raise ConfigError(f"{where}{layer_cls.__name__}.Config is {config_cls!r}, not a subclass of "
+                          f"ttt_bench.layers.base.MixerConfig; subclass MixerConfig (it holds d_model and n_heads, "
+                          f"which every layer is built with)")
+    # Without @dataclass of its own, a subclass's fields are plain class attributes: no knobs, no arguments.
+    if config_cls.__dict__.get("__annotations__") and "__dataclass_fields__" not in config_cls.__dict__:
+        raise ConfigError(f"{where}{config_cls.__name__} declares fields but is not decorated with @dataclass; "
+                          f"decorate it so that its fields are knobs")
 
 
 def _check_keys(name: str, config_cls: type, given: Mapping[str, Any]) -> None:

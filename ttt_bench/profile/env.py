@@ -1,4 +1,5 @@
-"""The environment a measurement ran in, carried by every result: software versions, devices, threads, commit."""
+"""The environment a measurement ran in, carried by every result: software versions, devices, threads, commit,
+and how busy the machine was (the CPUs this process may use and the load average)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,28 @@ def environment(device: str | torch.device = "cpu") -> dict[str, object]:
         if nvml is not None:
             info["driver_version"] = nvml["driver_version"]
     return info
+
+
+def machine_load() -> dict[str, object]:
+    """How many CPUs this process may run on and how busy the machine is, now (columns of every row)."""
+    return {"cpus_available": cpus_available(), "load_average": load_average()}
+
+
+def cpus_available() -> int:
+    """The CPUs in this process's affinity mask (what taskset or a cpuset leaves it), else the machine's.
+    A container's CPU quota (docker --cpus) is not a mask and is not seen."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity call on this OS (macOS)
+        return os.cpu_count() or 1
+
+
+def load_average() -> float | None:
+    """The 1-minute load average: tasks running or waiting for a CPU, averaged (None where the OS has none)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
 
 
 def cpu_model() -> str:

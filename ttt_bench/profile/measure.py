@@ -21,7 +21,7 @@ from ttt_bench.layers.base import LayerCost
 from ttt_bench.profile.flops import count_with_flop_counter, count_with_fvcore
 from ttt_bench.profile.memory import measure_cuda_peak_bytes, measure_peak_bytes, nvml_device_info
 from ttt_bench.profile.timing import Timing, time_callable
-from ttt_bench.results import MEASUREMENT_OF_PASS, PASSES
+from ttt_bench.results import MEASUREMENT_OF_PASS, NOISY_SPREAD, PASSES
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -33,7 +33,7 @@ ROW_COLUMNS = [
     "fwd_macs_fvcore", "fwd_macs_flop_counter", "fwd_bwd_macs_flop_counter", "uncounted_ops",
     "fwd_peak_bytes", "fwd_bwd_peak_bytes", "fwd_cuda_peak_bytes", "fwd_bwd_cuda_peak_bytes", "nvml_used_bytes",
     *(f"{p}_{column}" for p in ("fwd_bwd", "fwd")
-      for column in ("ms", "p20_ms", "p80_ms", "repeats", "tokens_per_s", "tflops_per_s")),
+      for column in ("ms", "p20_ms", "p80_ms", "repeats", "spread", "noisy", "tokens_per_s", "tflops_per_s")),
 ]
 
 
@@ -171,7 +171,8 @@ def measure_cell(
 
 
 # Tidy names of the per-pass columns whose short form would not say what they hold.
-_TIDY_RENAMES = {"ms": "time_ms", "p20_ms": "time_p20_ms", "p80_ms": "time_p80_ms", "repeats": "time_repeats"}
+_TIDY_RENAMES = {"ms": "time_ms", "p20_ms": "time_p20_ms", "p80_ms": "time_p80_ms", "repeats": "time_repeats",
+                 "spread": "time_spread"}
 
 
 def tidy_rows(row: dict[str, object], passes: tuple[str, ...] = PASSES) -> list[dict[str, object]]:
@@ -226,13 +227,15 @@ def counted_columns(layer: torch.nn.Module, x: torch.Tensor, calls: dict[str, Ca
     return {**{column: count.macs for column, count in counts.items()}, "uncounted_ops": ";".join(uncounted)}
 
 
-def timing_columns(name: str, timing: Timing, tokens: int, flops: int) -> dict[str, float]:
+def timing_columns(name: str, timing: Timing, tokens: int, flops: int) -> dict[str, object]:
     seconds = timing.median_ms / 1000.0
     return {
         f"{name}_ms": timing.median_ms,
         f"{name}_p20_ms": timing.p20_ms,
         f"{name}_p80_ms": timing.p80_ms,
         f"{name}_repeats": timing.repeats,
+        f"{name}_spread": timing.spread,
+        f"{name}_noisy": timing.spread > NOISY_SPREAD,  # NaN compares False: a call too short to judge
         f"{name}_tokens_per_s": tokens / seconds,
         f"{name}_tflops_per_s": flops / seconds / 1e12,  # achieved, from the analytic (dense) FLOPs
     }

@@ -6,6 +6,7 @@ precede every call without being timed (zeroing gradients) goes in `setup`.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,12 @@ class Timing:
     p20_ms: float
     p80_ms: float
     repeats: int  # timed calls the percentiles are taken over (warm-up calls excluded)
+
+    @property
+    def spread(self) -> float:
+        """p80 / p20: 1 for a steady clock; NaN when p20 is 0 (calls below the clock's resolution). One timed
+        call has a spread of 1 by construction: it says nothing about noise."""
+        return self.p80_ms / self.p20_ms if self.p20_ms > 0 else math.nan
 
 
 def time_callable(

@@ -1,13 +1,15 @@
-"""`ttt-bench report`: results folders -> reports/<name>/ with figures/ (PNG and SVG), report.md and report.html.
+"""`ttt-bench report`: results folders -> a report folder with figures/ (PNG and SVG), report.md and report.html.
 
-Sections, each present when the results hold what it needs (otherwise it says what run would fill it):
-accuracy vs FLOPs, time vs N, memory vs N, the out-of-memory frontier, the crossover with softmax attention,
-loss vs position, achieved TFLOP/s vs N, and the cells that did not finish.
+Sections, each present only when the results hold what it needs (what they lack is listed once, under the
+header, with the run that would fill it): noisy timings, accuracy vs FLOPs, time vs N, memory vs N, the
+out-of-memory frontier, the crossover with softmax attention, achieved TFLOP/s vs N, loss vs position, and the
+cells that did not finish. Rows set up differently are separate series (ttt_bench.report.settings).
 """
 
 from __future__ import annotations
 
 import math
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,9 +18,11 @@ import pandas as pd
 from ttt_bench.errors import ConfigError
 from ttt_bench.report import figures, frames, frontier, pareto, scaling
 from ttt_bench.report.document import FIGURES_DIR, Document, Section, Table, write_html, write_markdown
+from ttt_bench.report.palette import palette_of
 from ttt_bench.report.peaks import datasheet_tflops
+from ttt_bench.report.settings import describe_differing, series
 from ttt_bench.report.tables import shown
-from ttt_bench.results import NOT_AVAILABLE, GiB, load_results
+from ttt_bench.results import NOISY_SPREAD, NOT_AVAILABLE, GiB, load_results
 
 
 @dataclass(frozen=True)
@@ -30,13 +34,13 @@ class ReportOptions:
 def build_report(result_dirs: list[Path], out: Path, options: ReportOptions | None = None) -> Path:
     """Write the report of `result_dirs` into `out`; returns the path of report.html."""
     options = options or ReportOptions()
-    frame = pd.concat([load_results(d) for d in result_dirs], ignore_index=True)
+    frame = pd.concat([load_results(d).assign(results_folder=str(d)) for d in result_dirs], ignore_index=True)
     if frame.empty:
         raise ConfigError(f"{', '.join(map(str, result_dirs))}: no finished cells to report on; run a suite first")
     out.mkdir(parents=True, exist_ok=True)
     for stale in [*(out / FIGURES_DIR).glob("*.png"), *(out / FIGURES_DIR).glob("*.svg")]:
         stale.unlink()  # a figure the new results no longer produce must not linger beside the new report
-    writer = _SectionWriter(out / FIGURES_DIR, figures.variant_palette(frame["variant"].dropna()))
+    writer = _SectionWriter(out / FIGURES_DIR, palette_of(frame))
     sections = [_accuracy(writer, frame)]
     profile = frames.profile_rows(frame)
     groups = frames.setting_groups(profile)
@@ -44,12 +48,21 @@ def build_report(result_dirs: list[Path], out: Path, options: ReportOptions | No
         sections.append(Section("Time, memory and throughput vs N", "No profiling rows in these results: run a "
                                 "suite with metrics such as [\"flops\", \"memory\", \"time\"] (suites/quick.toml)."))
     searched = _searched_frontiers(writer, result_dirs)
+    noisy = []
     for index, (setting, rows) in enumerate(groups):
         suffix = "" if len(groups) == 1 else f"-{index + 1}"
-        sections += _scaling_sections(writer, rows, setting, suffix, options, with_frontier=not searched)
+        points = frames.scaling_points(rows)
+        writer.palette.learn_series(points["series"], points["variant"])
+        noisy.append(frames.noisy_points(points))
+        sections += _scaling_sections(writer, rows, points, setting, suffix, options, with_frontier=not searched)
     sections += searched
     sections += [_positions(writer, frame), _failures(frame)]
-    document = Document(_title(frame, result_dirs), _facts(frame, result_dirs), _suites(result_dirs), sections)
+    sections.insert(0, _noisy(pd.concat(noisy, ignore_index=True) if noisy else pd.DataFrame(), profile))
+    sections = [section for section in sections if section is not None]
+    # No empty sections: what the results lack is said once, in a list under the header.
+    shown = [section for section in sections if section.figures or section.tables]
+    absent = [section.caption for section in sections if not (section.figures or section.tables)]
+    document = Document(_title(frame, result_dirs), _facts(frame, result_dirs), _suites(result_dirs), shown, absent)
     write_markdown(document, out / "report.md")
     write_html(document, out / "report.html")
     return out / "report.html"
@@ -74,22 +87,23 @@ def _accuracy(writer: _SectionWriter, frame: pd.DataFrame) -> Section:
         return Section(title, "No finished training rows in these results: run a suite with tasks and "
                               "metrics = [\"accuracy\"] (suites/accuracy-quick.toml).")
     caption = ("Held-out accuracy (fraction correct) against the model's forward FLOPs per token (analytic: mixers, "
-               "MLPs, embedding and head; 1 MAC = 2 FLOPs), log axis; one point per layer variant, the mean over "
-               "seeds with a bar of one standard deviation (none with one seed); one panel per task and sequence "
-               "length N. The dashed staircase is the Pareto front: variants no other beats on both accuracy and "
-               "FLOPs.")
+               "MLPs, embedding and head; 1 MAC = 2 FLOPs), log axis; one point per layer variant (per setting, where "
+               "a variant was trained under several), the mean over seeds with a bar of one standard deviation "
+               "(none with one seed); one panel per task and sequence length N. The dashed staircase is the Pareto "
+               "front: variants no other beats on both accuracy and FLOPs.")
+    writer.palette.learn_series(points["series"], points["variant"])
     stem = writer.save(figures.accuracy_vs_flops(points, writer.palette), "accuracy-vs-flops")
-    return Section(title, caption, [stem], [Table("Accuracy and cost per variant", shown(points))])
+    return Section(title, caption, [stem], [Table("Accuracy and cost per variant",
+                                                  shown(points.drop(columns="variant")))])
 
 
-def _scaling_sections(writer: _SectionWriter, rows: pd.DataFrame, setting: str, suffix: str,
+def _scaling_sections(writer: _SectionWriter, rows: pd.DataFrame, points: pd.DataFrame, setting: str, suffix: str,
                       options: ReportOptions, with_frontier: bool) -> list[Section]:
     """Time, memory, the frontier (unless a bisected one is there), crossover, TFLOP/s and the measured points
-    of one setting."""
-    points = frames.scaling_points(rows)
+    of one setting (`points`: frames.scaling_points of its `rows`)."""
     reference = scaling.reference_variant(points["variant"].unique(), options.reference)
     crossovers = scaling.crossovers(points, reference) if reference else pd.DataFrame(
-        columns=["variant", "measurement", "faster_from_seq_len", "lighter_from_seq_len"])
+        columns=scaling.CROSSOVER_COLUMNS)
     exponents = {metric: scaling.exponents(points, metric) for metric in ("time_ms", "peak_bytes")}
     sections = []
     for metric, name, what in (("time_ms", "time", "Median wall-clock time per call (ms), band p20-p80"),
@@ -103,27 +117,39 @@ def _scaling_sections(writer: _SectionWriter, rows: pd.DataFrame, setting: str, 
         marks = _crossover_marks(crossovers, "faster_from_seq_len" if metric == "time_ms" else "lighter_from_seq_len")
         figure = figures.scaling(points, metric, exponents[metric], marks, writer.palette, setting)
         stem = writer.save(figure, f"{name}-vs-seq-len{suffix}")
+        hollow = (" A hollow marker is a noisy timing (see Noisy timings): no exponent is fitted from it."
+                  if metric == "time_ms" and points["noisy"].any() else "")
         caption = (f"{what}, against sequence length N (tokens), log-log; forward and forward + backward. The "
-                   f"legend gives each variant's exponent a in {name} ~ N^a, fitted by least squares over the N "
-                   f"within a factor {scaling.FIT_SPAN} of its largest measured N. A cross marks the first N that "
-                   f"ran out of memory, placed on the fitted trend; a star marks where the variant becomes "
-                   f"{'faster' if metric == 'time_ms' else 'lighter'} than {reference or 'softmax attention'} "
-                   f"for good.")
-        table = exponents[metric].rename(columns={"exponent": f"{name}_exponent"})
+                   f"legend gives each series' exponent a in {name} ~ N^a, fitted by least squares over the N "
+                   f"within a factor {scaling.FIT_SPAN} of its largest measured N, or why none was fitted (fewer "
+                   f"than two N, a noisy timing among them, or {name} falling as N grows).{hollow} A cross marks the "
+                   f"first N that ran out of memory, placed on the fitted trend; a star marks where the series "
+                   f"becomes {'faster' if metric == 'time_ms' else 'lighter'} than "
+                   f"{reference or 'softmax attention'} (measured alike) for good.")
+        fits = exponents[metric]  # the reason stands in the exponent's place where none was fitted
+        exponent = fits["exponent"].astype(object).where(fits["not_fitted"] == "", fits["not_fitted"])
+        table = fits.drop(columns=["exponent", "not_fitted"]).assign(**{f"{name}_exponent": exponent})
         sections.append(Section(title, caption, [stem], [Table("Fitted exponents", shown(table))]))
+    differing = series(rows, placed_by=("seq_len",)).differing
+    drawn = [section for section in sections if section.figures]
+    if differing and drawn:
+        drawn[0].caption = (f"These results hold several settings: {describe_differing(differing)}. Each is its "
+                            f"own series, named in every figure and table; rows measured differently are never "
+                            f"averaged. " + drawn[0].caption)
     if with_frontier:
-        sections.append(_frontier_section(writer, points, rows, setting, suffix))
+        sections.append(_frontier_section(writer, points.assign(variant=points["series"]), rows, setting, suffix))
     sections.append(_crossover_section(crossovers, reference, setting))
     sections.append(_throughput_section(writer, points, rows, setting, suffix, options))
-    measured = points[["variant", "measurement", "seq_len", "status", "time_ms", "time_p20_ms", "time_p80_ms",
-                       "peak_bytes", "flops"]]
-    sections.append(Section(f"Measured values ({setting})", "Every profiled point: medians over seeds that ran.",
-                            tables=[Table("Points", shown(measured))]))
+    measured = points[["series", "measurement", "seq_len", "status", "time_ms", "time_p20_ms", "time_p80_ms",
+                       "time_spread", "noisy", "peak_bytes", "flops"]]
+    sections.append(Section(f"Measured values ({setting})", "Every profiled point: medians over the seeds that "
+                            "ran; noisy: a seed's timing spread beyond the threshold or its forward took longer than "
+                            "its forward + backward.", tables=[Table("Points", shown(measured))]))
     return sections
 
 
 def _crossover_marks(crossovers: pd.DataFrame, column: str) -> pd.DataFrame:
-    marks = crossovers[["variant", "measurement", column]].rename(columns={column: "seq_len"})
+    marks = crossovers[["series", "measurement", column]].rename(columns={column: "seq_len"})
     return marks[marks["seq_len"].notna()]
 
 
@@ -134,7 +160,8 @@ def _frontier_section(writer, points, rows, setting, suffix) -> Section:
     # The binding pass: forward + backward where it was measured (training needs it), else forward.
     passes = set(measured["measurement"])
     measured = measured[measured["measurement"] == ("forward_backward" if "forward_backward" in passes else "forward")]
-    table = frontier.frontier_from_points(measured, budget)
+    orders = frontier.declared_orders(rows, series(rows, placed_by=("seq_len",)).labels)
+    table = frontier.frontier_from_points(measured, orders, budget)
     if table.empty:
         return Section(title, "No memory measurements in these results (add \"memory\" to the suite's metrics).")
     budget_text = f"{budget / GiB:.3g} GiB of tracked memory" if math.isfinite(budget) else "an unrecorded budget"
@@ -142,10 +169,11 @@ def _frontier_section(writer, points, rows, setting, suffix) -> Section:
     stem = writer.save(figure, f"oom-frontier{suffix}")
     caption = (f"Forward + backward (or forward, where only it was measured): the largest sequence length N "
                f"(tokens) per variant that ran within the budget ({budget_text}) in this sweep, the first N that ran "
-               f"out of memory, and the N predicted for the budget by a line (or, where a line misses, a quadratic) "
-               f"in N fitted to the measured peaks. Where no N failed the dot is hollow: the sweep stopped first, so "
-               f"it is a lower bound. `ttt-bench oom` bisects the frontier.")
+               f"out of memory, and the N predicted for the budget, {frontier.FIT_CAPTION} Where no N failed the "
+               f"dot is hollow: the sweep stopped first, so it is a lower bound. `ttt-bench oom` bisects the frontier "
+               f"and probes the lengths a fit needs.")
     return Section(title, caption, [stem], [Table("Frontier", shown(table))])
+
 
 
 def _searched_frontiers(writer: _SectionWriter, result_dirs: list[Path]) -> list[Section]:
@@ -153,12 +181,13 @@ def _searched_frontiers(writer: _SectionWriter, result_dirs: list[Path]) -> list
     for index, directory in enumerate(d for d in result_dirs if (d / frontier.SEARCH_FILE).exists()):
         table = frontier.frontier_from_search(directory / frontier.SEARCH_FILE)
         budget = table["budget_bytes"].median()
-        title = f"Out-of-memory frontier, bisected ({directory.name})"
-        figure = figures.oom_frontier(table, writer.palette, f"{directory.name}; budget {budget / GiB:.3g} GiB")
+        name = _suite_file_name(directory / "suite.toml") or directory.name
+        title = f"Out-of-memory frontier, bisected ({name})"
+        figure = figures.oom_frontier(table, writer.palette, f"{name}; budget {budget / GiB:.3g} GiB")
         stem = writer.save(figure, f"oom-frontier-searched-{index + 1}")
         caption = (f"From `ttt-bench oom`: per variant, N doubled until a probe failed, then bisected to the "
-                   f"search's resolution; budget {budget / GiB:.3g} GiB. The diamond is the N the memory fit "
-                   f"predicts for the budget.")
+                   f"search's resolution; budget {budget / GiB:.3g} GiB. The diamond is the N predicted for the "
+                   f"budget; the table gives it, {frontier.FIT_CAPTION}")
         sections.append(Section(title, caption, [stem], [Table("Frontier", shown(table))]))
     return sections
 
@@ -167,19 +196,23 @@ def _crossover_section(crossovers: pd.DataFrame, reference: str | None, setting:
     title = f"Crossover with softmax attention ({setting})"
     if reference is None or crossovers.empty:
         return Section(title, "No softmax-attention variant in these results to compare with (pass --reference).")
-    caption = (f"For each variant and pass, the first sequence length N (tokens) from which it stays faster (its "
+    caption = (f"For each series and pass, the first sequence length N (tokens) from which it stays faster (its "
                f"p80 time below attention's p20, so a tie within the timing noise does not count), and the first "
-               f"from which it stays lighter in peak memory, than {reference} at every larger N both ran "
-               f"(attention out of memory counts as beaten); '—' where it never does within the sweep. The "
-               f"ratios (variant / attention, x) are at the largest N both ran. The same N are starred in the "
-               f"time and memory figures.")
-    return Section(title, caption, tables=[Table(f"Against {reference}", shown(crossovers))])
+               f"from which it stays lighter in peak memory, than {reference} measured with the same settings, at "
+               f"every larger N both ran (attention out of memory counts as beaten); '—' where it never does within "
+               f"the sweep. No time crossover or ratio is read from noisy timings or from a time that falls as N "
+               f"grows: the cell says why. The ratios (series / attention, x) are at the largest N both ran. The "
+               f"same N are starred in the time and memory figures.")
+    faster = [reason or value for value, reason in zip(crossovers["faster_from_seq_len"], crossovers["faster_refused"])]
+    table = crossovers.assign(faster_from_seq_len=faster).drop(columns="faster_refused")
+    return Section(title, caption, tables=[Table(f"Against {reference}", shown(table))])
 
 
 def _throughput_section(writer, points, rows, setting, suffix, options: ReportOptions) -> Section:
     title = f"Achieved TFLOP/s vs N ({setting})"
     if points["time_ms"].notna().sum() == 0:
-        return Section(title, "Needs both time and FLOPs; these results have no times.")
+        return Section(title, "No times in these results, so no achieved TFLOP/s (add \"time\" and \"flops\" to "
+                              "the suite's metrics).")
     ceilings = {}
     if points["matmul_tflops_per_s"].notna().any():
         ceilings["dense matmul measured here"] = float(points["matmul_tflops_per_s"].median())
@@ -193,10 +226,11 @@ def _throughput_section(writer, points, rows, setting, suffix, options: ReportOp
         "no ceiling known for this device (pass --peak-tflops)")
     caption = (f"Achieved throughput (TFLOP/s = 10^12 FLOPs per second): the layer's analytic FLOPs (causal "
                f"attention counted dense, masked half included, so a kernel that skips it can exceed the matmul "
-               f"line) over its median time, against sequence length N (tokens). Horizontal lines: {lines}.")
+               f"line) over its median time, against sequence length N (tokens); hollow where the timing is noisy. "
+               f"Horizontal lines: {lines}.")
     ok = points[points["status"] == "ok"]
-    best = frames.achieved_tflops_per_s(ok).groupby(ok["variant"]).max().rename("achieved_tflops_per_s").reset_index()
-    return Section(title, caption, [stem], [Table("Best achieved TFLOP/s per variant over N and passes",
+    best = frames.achieved_tflops_per_s(ok).groupby(ok["series"]).max().rename("achieved_tflops_per_s").reset_index()
+    return Section(title, caption, [stem], [Table("Best achieved TFLOP/s per series over N and passes",
                                                   shown(best))])
 
 
@@ -207,29 +241,73 @@ def _positions(writer: _SectionWriter, frame: pd.DataFrame) -> Section:
     if positions.empty:
         return Section(title, "No per-position losses in these results: they come from tasks that predict every "
                               "token (bytes-lm, mqar).")
+    positions = positions.assign(series=series(positions, panels=("task", "seq_len")).labels)
+    writer.palette.learn_series(positions["series"], positions["variant"])
     stem = writer.save(figures.loss_by_position(positions, writer.palette), "loss-vs-position")
     caption = ("Held-out loss (nats per predicted token) against the position in the window, for tasks that "
                "predict every token; positions grouped in bins that double in width (drawn at the bin's end), "
                "mean over seeds with a band of one standard deviation. A layer that uses long context keeps "
                "lowering its loss at later positions.")
-    table = positions.groupby(["task", "variant", "position", "position_end"], sort=False)["eval_loss_nats"].mean()
+    table = positions.groupby(["task", "series", "position", "position_end"], sort=False)["eval_loss_nats"].mean()
     return Section(title, caption, [stem], [Table("Mean held-out loss per bin", shown(table.reset_index()))])
 
 
-def _failures(frame: pd.DataFrame) -> Section:
+def _failures(frame: pd.DataFrame) -> Section | None:
     failed = frames.failed_cells(frame)
-    title = "Cells that did not finish"
     if failed.empty:
-        return Section(title, "Every cell finished with status ok.")
+        return None
     counts = ", ".join(f"{count} {status}" for status, count in failed["status"].value_counts().sort_index().items())
     caption = (f"Every cell and pass whose status is not ok ({counts}), with its message: out of memory (oom), "
                f"an error, a timeout, a diverged training run, or skipped by a suite rule.")
-    return Section(title, caption, tables=[Table("Not ok", shown(failed))])
+    return Section("Cells that did not finish", caption, tables=[Table("Not ok", shown(failed))])
+
+
+def _noisy(noisy: pd.DataFrame, profile: pd.DataFrame) -> Section | None:
+    """The timings that are noise, why, and how to measure them again."""
+    if noisy.empty:
+        return None
+    rows = profile[frames.noise_reasons(profile) != ""]
+    reruns = ", ".join(f"`ttt-bench run {suite if isinstance(suite, str) else 'SUITE'} --out {folder} --retry-noisy`"
+                       for folder, suite in rows[["results_folder", "suite"]].drop_duplicates().itertuples(index=False))
+    machine = [text.format(_span(rows[column].dropna())) for column, text in (
+        ("threads", "{} torch threads"), ("cpus_available", "{} CPUs available to the worker"),
+        ("load_average", "a load average of {}")) if rows[column].notna().any()]
+    where = f" They ran with {', '.join(machine)}." if machine else ""
+    caption = (f"{len(noisy)} timings below are noise, not results: their calls spread beyond p80 / p20 = "
+               f"{NOISY_SPREAD:g} (docs/measurement.md), or a forward took longer than the same cell's forward + "
+               f"backward, which only contention for the cores does. They are drawn hollow, and no exponent or "
+               f"crossover is read from them.{where} Measure them again on a quieter machine with {reruns} (the "
+               f"suite's file, or its name for a shipped suite), or with fewer threads ([measure] threads no more "
+               f"than the cores free).")
+    return Section("Noisy timings", caption, tables=[Table("Noisy points", shown(noisy))])
+
+
+def _span(values: pd.Series) -> str:
+    low, high = float(values.min()), float(values.max())
+    return f"{low:.3g}" if low == high else f"{low:.3g} to {high:.3g}"
 
 
 def _title(frame: pd.DataFrame, result_dirs: list[Path]) -> str:
-    suites = ", ".join(dict.fromkeys(frame["suite"].dropna().astype(str)))
-    return f"ttt-bench report: {suites or ', '.join(d.name for d in result_dirs)}"
+    return f"ttt-bench report: {', '.join(_suite_names(frame, result_dirs))}"
+
+
+def _suite_names(frame: pd.DataFrame, result_dirs: list[Path]) -> list[str]:
+    """The suites' names: the rows' `suite`, else (folders from before it) the `name` of each folder's
+    suite.toml, else the folder's name."""
+    names = list(dict.fromkeys(frame["suite"].dropna().astype(str)))
+    for directory in result_dirs:
+        rows = frame[frame["results_folder"] == str(directory)]
+        if rows["suite"].isna().all():
+            names.append(_suite_file_name(directory / "suite.toml") or directory.name)
+    return list(dict.fromkeys(names))
+
+
+def _suite_file_name(path: Path) -> str | None:
+    try:
+        name = tomllib.loads(path.read_text()).get("name")
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    return name if isinstance(name, str) else None
 
 
 def _facts(frame: pd.DataFrame, result_dirs: list[Path]) -> list[tuple[str, str]]:
@@ -244,8 +322,12 @@ def _facts(frame: pd.DataFrame, result_dirs: list[Path]) -> list[tuple[str, str]
              ("device", gpu if gpu != NOT_AVAILABLE else f"CPU: {values('cpu_model')}")]
     if memory.notna().any():
         facts.append(("GPU memory (GiB)", f"{memory.max() / GiB:.1f}"))
-    facts += [("CPU cores (count)", values("cpu_count")), ("torch threads (count)", values("threads")),
-              ("torch", values("torch_version")), ("CUDA", values("cuda_version")),
+    facts += [("CPU cores (count)", values("cpu_count")), ("torch threads (count)", values("threads"))]
+    if frame["cpus_available"].notna().any():
+        facts.append(("CPUs available to the worker (count)", values("cpus_available")))
+    if frame["load_average"].notna().any():
+        facts.append(("load average at the cells' start (runnable tasks)", _span(frame["load_average"].dropna())))
+    facts += [("torch", values("torch_version")), ("CUDA", values("cuda_version")),
               ("driver", values("driver_version")), ("python", values("python_version")),
               ("platform", values("platform")), ("ttt-bench", values("ttt_bench_version")),
               ("commit", values("git_commit"))]
@@ -258,20 +340,31 @@ def _facts(frame: pd.DataFrame, result_dirs: list[Path]) -> list[tuple[str, str]
 
 
 def _suites(result_dirs: list[Path]) -> list[tuple[str, str]]:
-    suites = []
+    """Each suite file the results were run from, named by the suite's name: every run's (runs/<run_id>/suite.toml)
+    where the folder keeps them, else the folder's suite.toml; a file run twice is shown once."""
+    suites: dict[str, tuple[str, str]] = {}
     for directory in result_dirs:
-        path = directory / "suite.toml"
-        if path.exists():
-            suites.append((directory.name, path.read_text()))
-    return suites
+        runs = sorted((directory / "runs").glob("*/suite.toml"))
+        for path in runs or [directory / "suite.toml"]:
+            if path.exists():
+                text = path.read_text()
+                name = _suite_file_name(path) or directory.name
+                suites.setdefault(text, (f"{name} (run {path.parent.name})" if runs else name, text))
+    return list(suites.values())
 
 
 def default_report_name(result_dirs: list[Path]) -> str:
-    """reports/<device>-<suite>: 'cpu' or the GPU's model (h100, h200, a100), then the suite's name."""
-    frame = load_results(result_dirs[0])
-    suite = str(frame["suite"].dropna().iloc[0]) if frame["suite"].notna().any() else result_dirs[0].name
+    """<device>-<suite>, the name a committed report takes under reports/: 'cpu' or the GPU's model (h100, h200,
+    a100), then the suite's name (the rows' `suite`, else the folder's suite.toml, else the folder's name)."""
+    frame = load_results(result_dirs[0]).assign(results_folder=str(result_dirs[0]))
     gpu = str(frame["gpu_name"].dropna().iloc[0]) if frame["gpu_name"].notna().any() else ""
-    return f"{device_slug(gpu)}-{suite}"
+    return f"{device_slug(gpu)}-{_suite_names(frame, result_dirs[:1])[0]}"
+
+
+def default_report_folder(result_dirs: list[Path]) -> Path:
+    """Where `ttt-bench report` writes without --out: beside the results, so it never overwrites a committed
+    report under reports/."""
+    return result_dirs[0] / "report"
 
 
 def device_slug(gpu_name: str) -> str:

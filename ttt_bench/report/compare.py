@@ -1,9 +1,13 @@
 """Two result sets side by side (two commits, two GPUs, two settings): ratio tables per metric, status changes,
 and a verdict a CI job can act on (`run_compare` returns 1 when a regression exceeds its threshold).
 
-Cells are matched on their config columns, not their config hash: two settings of one suite hash differently.
-A config column holding one value in A and another single value in B (dtype float32 vs bfloat16, device cpu vs
-cuda) is what is being compared: it leaves the match key and is named in the document's header.
+Cells are matched on their config columns and their measure settings (ttt_bench.report.settings: the suite's
+[measure] settings and the threads torch ran on), not their config hash: two settings of one suite hash
+differently. A column holding one value in A and another single value in B (dtype float32 vs bfloat16, device cpu
+vs cuda, threads 2 vs 1) is what is being compared: it leaves the match key and is named at the top of the
+document, before any verdict. Rows of one set that differ in any of them are never averaged. Where a measure
+setting differs, a timing (any metric not `deterministic`) compares the settings, not the code: its rows say
+"better" or "worse" with the setting named, and are not counted as regressions or improvements.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from ttt_bench.errors import ConfigError
+from ttt_bench.report.settings import NOT_RECORDED, measure_recorded, measure_settings
 from ttt_bench.report.tables import MISSING, markdown_table  # MISSING also keys nulls: they match each other
 from ttt_bench.report.units import METRICS, label
 from ttt_bench.results import FAILED_STATUSES, Column, load_results
@@ -24,12 +29,14 @@ DEFAULT_METRICS = tuple(name for name, metric in METRICS.items() if metric.compa
 DEFAULT_THRESHOLD = 0.10  # relative change: 0.1 means 10% worse than A
 ALL_METRICS = "*"  # the thresholds key of the default for every metric without its own
 
-KEY_COLUMNS = ("variant", "layer", "knobs", "seq_len", "batch", "d_model", "n_heads", "dtype", "device", "seed",
-               "measurement", "task", "task_options", "n_layers", "match_params", "train_settings", "position")
+KEY_COLUMNS = ("suite", "variant", "layer", "knobs", "seq_len", "batch", "d_model", "n_heads", "dtype", "device",
+               "seed", "measurement", "task", "task_options", "n_layers", "match_params", "train_settings", "position")
 # Which rows of a cell are meant, not how it was set up: never treated as the compared setting.
 ROW_COLUMNS = ("measurement", "position")
 ENVIRONMENT_COLUMNS = ("git_commit", "gpu_name", "cpu_model", "torch_version")
 REGRESSION, IMPROVEMENT = "regression", "improvement"
+# A timing that moved beyond its threshold between sets measured under different settings: no verdict on the code.
+WORSE, BETTER = "worse", "better"
 # Config columns another column names: a variant labels its layer and knobs, a task label its options.
 NAMED_BY = {"layer": "variant", "knobs": "variant", "task_options": "task"}
 # A ratio exactly on the threshold is not beyond it; float rounding must not tip it over (1.1 / 1.0 > 1.1).
@@ -48,7 +55,10 @@ class Change:
 @dataclass
 class Comparison:
     key_columns: list[str]  # the columns cells were matched on
-    settings: list[Change]  # the compared setting(s): dropped from the key
+    settings: list[Change]  # the compared config setting(s): dropped from the key
+    measure_changes: list[Change]  # measure settings with one value in A and another in B: dropped from the key
+    measure_varying: list[Change]  # measure settings with several values in a set, differing: kept in the key
+    unrecorded: list[str]  # 'A' and/or 'B': a set whose rows have no measure settings (an older folder)
     environment: list[Change]  # environment columns that differ (commit, GPU/CPU, torch)
     sets: tuple[dict[str, str], dict[str, str]]  # a short description of A and of B: suite, commit, device, ...
     thresholds: dict[str, float]  # per compared metric, relative
@@ -60,11 +70,13 @@ class Comparison:
     varying_columns: list[str]  # key columns with more than one value among all rows of A and B
     regressions: int = field(init=False)
     improvements: int = field(init=False)
+    across_settings: int = field(init=False)  # timing rows beyond their threshold whose sets differ in a setting
 
     def __post_init__(self) -> None:
         verdicts = [*(t.verdict for t in self.tables.values()), self.status_changes.verdict]
         self.regressions = int(sum((v == REGRESSION).sum() for v in verdicts))
         self.improvements = int(sum((v == IMPROVEMENT).sum() for v in verdicts))
+        self.across_settings = int(sum(v.astype(str).str.startswith((WORSE, BETTER)).sum() for v in verdicts))
 
     @property
     def failed(self) -> bool:
@@ -100,14 +112,30 @@ def compare_results(a: pd.DataFrame, b: pd.DataFrame, thresholds: dict[str, floa
                               if missing else f"set {name} has no finished cells")
     metrics = _chosen_metrics(a, b, metrics)
 
-    present = [column for column in KEY_COLUMNS if column in a and column in b]
+    measured_a, measured_b = measure_settings(a), measure_settings(b)
+    unrecorded = [name for name, frame in (("A", a), ("B", b)) if not measure_recorded(frame).any()]
+    # A setting one set never recorded cannot be matched on; it stays in the key only where the other set holds
+    # several values of it, which are then never averaged together (and pair with nothing).
+    measure_keys = [key for key in dict.fromkeys([*measured_a.columns, *measured_b.columns])
+                    if _matchable(measured_a, measured_b, key)]
+    measured_a, measured_b = (table.reindex(columns=measure_keys, fill_value=NOT_RECORDED)
+                              for table in (measured_a, measured_b))
+    a = a.drop(columns=measure_keys, errors="ignore").join(measured_a[measure_keys])
+    b = b.drop(columns=measure_keys, errors="ignore").join(measured_b[measure_keys])
+    present = [column for column in [*KEY_COLUMNS, *measure_keys] if column in a and column in b]
     keys_a, keys_b = (frame[present].apply(lambda column: column.map(_key_text)) for frame in (a, b))
-    settings = [
+    changes = [
         Change(column, keys_a[column].iloc[0], keys_b[column].iloc[0]) for column in present
         if column not in ROW_COLUMNS and keys_a[column].nunique() == 1 and keys_b[column].nunique() == 1
         and keys_a[column].iloc[0] != keys_b[column].iloc[0]
     ]
-    key = [column for column in present if column not in {change.column for change in settings}]
+    measure_changes = [change for change in changes if change.column in measure_keys]
+    measure_varying = [
+        Change(key, _values_text(keys_a[key]), _values_text(keys_b[key])) for key in measure_keys
+        if key not in {change.column for change in measure_changes}
+        and set(keys_a[key]) != set(keys_b[key])
+    ]
+    key = [column for column in present if column not in {change.column for change in changes}]
     cell_key = [column for column in key if column not in ROW_COLUMNS]
     if not cell_key or "measurement" not in key:
         raise ConfigError(f"nothing to match cells on: the sets share the config columns {', '.join(present)}, "
@@ -122,10 +150,13 @@ def compare_results(a: pd.DataFrame, b: pd.DataFrame, thresholds: dict[str, floa
     rows_a, rows_b = _collapse(a, keys_a, key, metrics), _collapse(b, keys_b, key, metrics)
     rows = pd.merge(rows_a, rows_b, how="inner", left_index=True, right_index=True, suffixes=("_a", "_b"))
     resolved = {metric: thresholds.get(metric, thresholds.get(ALL_METRICS, DEFAULT_THRESHOLD)) for metric in metrics}
+    across = _describe_changes(measure_changes)
     return Comparison(
-        key_columns=key, settings=settings, environment=_environment_changes(a, b),
-        sets=(_describe_set(a), _describe_set(b)), thresholds=resolved,
-        tables={metric: _metric_table(rows, metric, resolved[metric]) for metric in metrics},
+        key_columns=key, settings=[change for change in changes if change not in measure_changes],
+        measure_changes=measure_changes, measure_varying=measure_varying, unrecorded=unrecorded,
+        environment=_environment_changes(a, b), sets=(_describe_set(a), _describe_set(b)), thresholds=resolved,
+        tables={metric: _metric_table(rows, metric, resolved[metric],
+                                      across if not METRICS[metric].deterministic else "") for metric in metrics},
         status_changes=_status_changes(cells_a.loc[common], cells_b.loc[common]),
         only_in_a=cells_a.index.difference(common, sort=False).to_frame(index=False),
         only_in_b=cells_b.index.difference(common, sort=False).to_frame(index=False),
@@ -142,13 +173,12 @@ def format_comparison(comparison: Comparison, name_a: str, name_b: str, notes: t
     c = comparison
     sets = pd.DataFrame([{"set": letter, "name": name, **info}
                          for letter, name, info in (("A", name_a, c.sets[0]), ("B", name_b, c.sets[1]))])
-    lines = [f"# Comparison: {name_a} → {name_b}", "", markdown_table(sets)]
-    if c.settings or c.environment:
-        lines.append("")
+    lines = [f"# Comparison: {name_a} → {name_b}", "", markdown_table(sets), "",
+             f"**Measure settings that differ between A and B:** {_settings_text(c)}"]
     if c.settings:
-        lines.append("Compared setting: " + "; ".join(f"{label(s.column)}: {s.a} → {s.b}" for s in c.settings))
+        lines += ["", "Compared setting: " + _describe_changes(c.settings)]
     if c.environment:
-        lines.append("Environment differences: " + "; ".join(f"{e.column}: {e.a} → {e.b}" for e in c.environment))
+        lines += ["", "Environment differences: " + "; ".join(f"{e.column}: {e.a} → {e.b}" for e in c.environment)]
     lines += [
         "", "Thresholds (relative change beyond which a difference counts): " + _describe_thresholds(c.thresholds),
         *(line for note in notes for line in ("", note)),
@@ -156,8 +186,11 @@ def format_comparison(comparison: Comparison, name_a: str, name_b: str, notes: t
         "A cell that was ok in A and failed in B (" + "/".join(FAILED_STATUSES) + ") is a regression whatever the "
         "thresholds. Regressions and improvements are counted per table row: one metric of one measurement, or one "
         "cell's status.",
-        "", f"**{_count(c.regressions, REGRESSION)}, {_count(c.improvements, IMPROVEMENT)} beyond the thresholds; "
-        f"{_count(c.cells_compared, 'cell')} compared, {len(c.only_in_a)} only in A, {len(c.only_in_b)} only in B.**",
+        "", f"**{_count(c.regressions, REGRESSION)}, {_count(c.improvements, IMPROVEMENT)} beyond the thresholds"
+        + (f" ({_count(c.across_settings, 'timing')} beyond them measured under other settings, "
+           f"{_describe_changes(c.measure_changes)}: not counted)" if c.across_settings else "")
+        + f"; {_count(c.cells_compared, 'cell')} compared, {len(c.only_in_a)} only in A, {len(c.only_in_b)} "
+          f"only in B.**",
     ]
     for metric, table in c.tables.items():
         info = METRICS[metric]
@@ -188,6 +221,26 @@ def format_comparison(comparison: Comparison, name_a: str, name_b: str, notes: t
             lines += ["", f"## Only in {name} ({_count(len(cells), 'cell')})", ""]
             lines += _table_lines(cells, c.varying_columns, lambda identity: identity)
     return "\n".join(lines) + "\n"
+
+
+def _settings_text(c: Comparison) -> str:
+    """Every measure setting that differs between the sets, and what that does to the comparison."""
+    parts = []
+    if c.measure_changes:
+        parts.append(f"{_describe_changes(c.measure_changes)}. Cells are paired across it; a timing (a metric that "
+                     f"is not deterministic) of such a pair compares the settings, not the code: it reads "
+                     f"'{WORSE}' or '{BETTER}' with the setting and is not counted as a regression or improvement")
+    if c.measure_varying:
+        parts.append("; ".join(f"{label(v.column)}: A has {v.a}, B has {v.b}" for v in c.measure_varying)
+                     + ". Cells are paired only where these agree")
+    if len(c.unrecorded) == 1:
+        parts.append(f"set {c.unrecorded[0]} has no measure settings (a folder from before ttt-bench stored them), "
+                     f"so they are not compared; threads are compared as its environment recorded them")
+    if parts:
+        return ". ".join(parts) + "."
+    if len(c.unrecorded) == 2:
+        return "not known: neither set recorded its measure settings."
+    return "none (measure settings and threads are the same)."
 
 
 def run_compare(dir_a: str | Path, dir_b: str | Path, thresholds: dict[str, float], metrics: list[str] | None,
@@ -271,7 +324,9 @@ def _collapse(frame: pd.DataFrame, keys: pd.DataFrame, key: list[str], metrics: 
     return collapsed.reindex(pd.MultiIndex.from_frame(keys[key].drop_duplicates()))
 
 
-def _metric_table(rows: pd.DataFrame, metric: str, threshold: float) -> pd.DataFrame:
+def _metric_table(rows: pd.DataFrame, metric: str, threshold: float, across: str) -> pd.DataFrame:
+    """A, B, B/A and the verdict per row ok in both; `across` names the measure settings the sets differ in, and
+    then a change beyond the threshold is 'worse (threads: 2 → 1)' or 'better (...)': no verdict on the code."""
     both = rows[(rows.status_a == "ok") & (rows.status_b == "ok")
                 & rows[f"{metric}_a"].notna() & rows[f"{metric}_b"].notna()]
     table = both.index.to_frame(index=False).assign(a=both[f"{metric}_a"].to_numpy(), b=both[f"{metric}_b"].to_numpy())
@@ -280,6 +335,9 @@ def _metric_table(rows: pd.DataFrame, metric: str, threshold: float) -> pd.DataF
     table["verdict"] = [_verdict(ratio, threshold, lower_better) for ratio in table.ratio]
     worse_first = table.ratio if lower_better else -table.ratio
     table = table.assign(_rank=table.verdict.map({REGRESSION: 0, "": 1, IMPROVEMENT: 2}), _worse=-worse_first)
+    if across:
+        table["verdict"] = table.verdict.map({REGRESSION: f"{WORSE} ({across})", IMPROVEMENT: f"{BETTER} ({across})",
+                                              "": ""})
     return table.sort_values(["_rank", "_worse"], kind="stable").drop(columns=["_rank", "_worse"]).reset_index(
         drop=True)
 
@@ -309,6 +367,20 @@ def _status_changes(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
     return table.iloc[rank.argsort(kind="stable")].reset_index(drop=True)
 
 
+def _matchable(measured_a: pd.DataFrame, measured_b: pd.DataFrame, key: str) -> bool:
+    recorded = [set(table[key]) - {NOT_RECORDED} if key in table else set() for table in (measured_a, measured_b)]
+    return all(recorded) or any(len(values) > 1 for values in recorded)
+
+
+def _values_text(keys: pd.Series) -> str:
+    return ", ".join(sorted(set(keys)))
+
+
+def _describe_changes(changes: list[Change]) -> str:
+    """'threads: 2 → 1; repeats: 5 → 3'."""
+    return "; ".join(f"{label(change.column)}: {change.a} → {change.b}" for change in changes)
+
+
 def _failed(status: str) -> bool:
     return status not in ("ok", "skipped")
 
@@ -335,6 +407,7 @@ def _describe_set(frame: pd.DataFrame) -> dict[str, str]:
         "device": _distinct(frame, "device"),
         "hardware": gpu if gpu not in ("unknown", "not available") else _distinct(frame, "cpu_model"),
         "torch": _distinct(frame, "torch_version"),
+        "threads (count)": _distinct(frame, "threads"),
         "cells (count)": str(frame.config_hash.nunique() if "config_hash" in frame else len(frame)),
     }
 

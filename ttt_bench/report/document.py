@@ -1,6 +1,6 @@
-"""report.md and report.html from one outline: a header (environment, suites), then sections, each with a
-caption, its figures and its tables. The HTML is one self-contained file: styles inline, figures embedded as
-base64 PNG, no link to anything outside it, so it opens offline and can be mailed or attached.
+"""report.md and report.html from one outline: a header (environment, suites, what the results lack), then
+sections, each with a caption, its figures and its tables. The HTML is one self-contained file: styles inline,
+figures embedded as base64 PNG, no link to anything outside it, so it opens offline and can be mailed or attached.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import pandas as pd
 from ttt_bench.report.tables import html_table, markdown_table
 
 FIGURES_DIR = "figures"
+ABSENT_HEADING = "Not in these results:"
 _STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
 table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0 1.5em; }
@@ -46,7 +47,8 @@ class Document:
     title: str
     facts: list[tuple[str, str]]  # the environment header
     suites: list[tuple[str, str]]  # (name, the suite file's text)
-    sections: list[Section]
+    sections: list[Section]  # each with a figure or a table: a report has no empty sections
+    absent: list[str] = field(default_factory=list)  # what the results lack, each with the run that would fill it
 
 
 def write_markdown(document: Document, path: Path) -> None:
@@ -54,6 +56,8 @@ def write_markdown(document: Document, path: Path) -> None:
     lines += [f"| {key} | {value} |" for key, value in document.facts]
     for name, text in document.suites:
         lines += ["", f"Suite `{name}`:", "", "```toml", text.rstrip(), "```"]
+    if document.absent:
+        lines += ["", ABSENT_HEADING, "", *(f"- {text}" for text in document.absent)]
     for section in document.sections:
         lines += ["", f"## {section.title}", "", section.caption, ""]
         lines += [f"![{section.title}]({FIGURES_DIR}/{stem}.png)\n" for stem in section.figures]
@@ -70,6 +74,9 @@ def write_html(document: Document, path: Path) -> None:
     for name, text in document.suites:
         parts.append(f"<details><summary>Suite <code>{html.escape(name)}</code></summary>"
                      f"<pre>{html.escape(text)}</pre></details>")
+    if document.absent:
+        parts += [f"<p>{html.escape(ABSENT_HEADING)}</p>", "<ul>",
+                  *(f"<li>{html.escape(text)}</li>" for text in document.absent), "</ul>"]
     for section in document.sections:
         parts += [f"<h2>{html.escape(section.title)}</h2>", f"<p class=\"caption\">{html.escape(section.caption)}</p>"]
         for stem in section.figures:

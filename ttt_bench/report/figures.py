@@ -1,6 +1,6 @@
 """The report's figures, drawn with seaborn on matplotlib Figure objects (no pyplot state, no display), each
-saved as PNG at print resolution and as SVG. Every axis names its unit; colours follow the variant across
-all figures of a report.
+saved as PNG at print resolution and as SVG. Every axis names its unit; a layer has one colour in every
+figure of every report (ttt_bench.report.palette); legends sit outside the axes and no text is drawn over the data.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from PIL import Image
 
-from ttt_bench import layers
 from ttt_bench.report.frames import achieved_tflops_per_s, first_out_of_memory_seq_len
+from ttt_bench.report.palette import Palette
 from ttt_bench.report.units import METRICS, label
+from ttt_bench.results import NOISY_SPREAD
 
 PNG_DPI = 300
 MEASUREMENT_TITLES = {"forward": "forward", "forward_backward": "forward + backward"}
@@ -30,18 +31,22 @@ _PNG_METADATA = {"Software": None}
 _SVG_METADATA = {"Date": None, "Creator": None}
 
 
-def variant_palette(variants) -> dict[str, tuple]:
-    """A colour per variant, the same in every report: a registered layer keeps the colour of its place in the
-    registry (tab20's strong shades first, then its pale ones); other variants (labels, sweeps) take the colours
-    left, in order of appearance."""
-    tab20 = sns.color_palette("tab20", 20)
-    colours = tab20[0::2] + tab20[1::2]
-    registered = {name: index for index, name in enumerate(layers.names())}
-    palette = {name: colours[registered[name] % 20] for name in dict.fromkeys(variants) if name in registered}
-    free = [colour for colour in colours if colour not in palette.values()] or colours
-    for index, name in enumerate(name for name in dict.fromkeys(variants) if name not in palette):
-        palette[name] = free[index % len(free)]
-    return palette
+NOISY_FACE = "white"  # a noisy timing's marker is hollow: drawn, but not a result
+
+
+def _outside_legend(ax, handles, labels) -> None:
+    """The panel's legend to the right of its axes, never over the data."""
+    ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=6,
+              frameon=False)
+
+
+def _figure_legend(figure: Figure, axes) -> None:
+    """One legend for all panels, right of them: each label once."""
+    entries: dict[str, object] = {}
+    for ax in axes:
+        for handle, text in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(text, handle)
+    figure.legend(list(entries.values()), list(entries), loc="outside right upper", fontsize=7, frameon=False)
 
 
 def save_figure(figure: Figure, folder: Path, stem: str) -> list[Path]:
@@ -69,17 +74,16 @@ def _figure(n_panels: int, width_per_panel: float = 5.0, height: float = 4.0, co
     return figure, axes[:n_panels]
 
 
-def accuracy_vs_flops(points: pd.DataFrame, palette: dict) -> Figure:
+def accuracy_vs_flops(points: pd.DataFrame, palette: Palette) -> Figure:
     """One panel per task and N: mean held-out accuracy over seeds (bars: one standard deviation) against
-    forward FLOPs per token, log axis, with the Pareto front."""
+    forward FLOPs per token, log axis, with the Pareto front; the series named in one legend beside the panels."""
     panels = list(points.groupby(["task", "seq_len"], sort=False))
     figure, axes = _figure(len(panels))
     for ax, ((task, seq_len), panel) in zip(axes, panels):
         for _, row in panel.iterrows():
-            ax.errorbar(row["flops_per_token"], row["accuracy_mean"], yerr=row["accuracy_sd"], fmt="o",
-                        color=palette[row["variant"]], capsize=3, markersize=5)
-            ax.annotate(row["variant"], (row["flops_per_token"], row["accuracy_mean"]), fontsize=6,
-                        xytext=(4, 3), textcoords="offset points")
+            style = palette.style(row["series"])
+            ax.errorbar(row["flops_per_token"], row["accuracy_mean"], yerr=row["accuracy_sd"], fmt=style.marker,
+                        color=style.colour, capsize=3, markersize=5, label=row["series"])
         front = panel[panel["pareto"]].sort_values("flops_per_token")
         ax.plot(front["flops_per_token"], front["accuracy_mean"], drawstyle="steps-post", color="black",
                 linestyle="--", linewidth=1, label="Pareto front")
@@ -87,7 +91,7 @@ def accuracy_vs_flops(points: pd.DataFrame, palette: dict) -> Figure:
         ax.set_title(f"{task}, N = {seq_len}")
         ax.set_xlabel(label("flops_per_token"))
         ax.set_ylabel("held-out " + label("accuracy"))
-        ax.legend(loc="best", fontsize=7)
+    _figure_legend(figure, axes)
     return figure
 
 
@@ -103,31 +107,41 @@ def _log_axis_with_readable_ticks(ax, values: pd.Series) -> None:
         ax.xaxis.set_minor_formatter(ticker.NullFormatter())
 
 
-def scaling(points: pd.DataFrame, metric: str, exponents: pd.DataFrame, marks: pd.DataFrame, palette: dict,
+def scaling(points: pd.DataFrame, metric: str, exponents: pd.DataFrame, marks: pd.DataFrame, palette: Palette,
             title: str) -> Figure:
-    """`metric` against N, log-log, one panel per measurement: a line per variant (with its p20-p80 band for
-    times), the fitted exponent in the legend, a cross where the variant first ran out of memory (placed on
-    its fitted trend) and a star where it overtakes softmax attention (`marks`: variant, measurement, seq_len)."""
+    """`metric` against N, log-log, one panel per measurement: a line per series (with its p20-p80 band for
+    times), its fitted exponent or why there is none in the legend, a hollow marker on a noisy timing, a cross
+    where the series first ran out of memory (placed on its fitted trend) and a star where it overtakes softmax
+    attention (`marks`: series, measurement, seq_len). Each panel's legend sits to its right."""
     measurements = [m for m in MEASUREMENT_TITLES if m in set(points["measurement"])]
-    figure, axes = _figure(len(measurements), width_per_panel=6.0, height=4.8, columns=2)
+    figure, axes = _figure(len(measurements), width_per_panel=10.0, height=4.2, columns=1)
     scale = METRICS[metric].scale
+    timed = metric == "time_ms"
     for ax, measurement in zip(axes, measurements):
-        for variant, group in points[points["measurement"] == measurement].groupby("variant", sort=False):
-            colour = palette[variant]
+        shown = points[points["measurement"] == measurement]
+        for name, group in shown.groupby("series", sort=False):
+            style = palette.style(name)
             ok = group[(group["status"] == "ok") & group[metric].notna()]
-            exponent = exponents.query("variant == @variant and measurement == @measurement")["exponent"]
-            slope = exponent.iloc[0] if len(exponent) else math.nan
-            name = f"{variant}  N^{slope:.2f}" if math.isfinite(slope) else variant
-            sns.lineplot(x=ok["seq_len"].to_numpy(), y=ok[metric].to_numpy() * scale, ax=ax, color=colour,
-                         marker="o", markersize=4, linewidth=1.2, label=name)
-            if metric == "time_ms" and len(ok):
-                ax.fill_between(ok["seq_len"], ok["time_p20_ms"], ok["time_p80_ms"], color=colour, alpha=0.2)
-            _mark_out_of_memory(ax, group, ok, metric, scale, slope, colour)
-            mark = marks.query("variant == @variant and measurement == @measurement")
+            if ok.empty:
+                continue  # nothing measured: its failures are listed in the report, not drawn
+            fit = exponents.query("series == @name and measurement == @measurement")
+            slope = fit["exponent"].iloc[0] if len(fit) else math.nan
+            fitted = f"N^{slope:.2f}" if math.isfinite(slope) else (fit["not_fitted"].iloc[0] if len(fit) else "")
+            noisy = ok["noisy"].to_numpy(dtype=bool) if timed else np.zeros(len(ok), dtype=bool)
+            ax.plot(ok["seq_len"], ok[metric] * scale, color=style.colour, linestyle=style.linestyle,
+                    marker=style.marker, markersize=4, linewidth=1.2, markevery=list(np.flatnonzero(~noisy)),
+                    label=f"{name}  {fitted}".rstrip())
+            if noisy.any():
+                ax.plot(ok["seq_len"][noisy], ok[metric][noisy] * scale, linestyle="none", marker=style.marker,
+                        markersize=5, markerfacecolor=NOISY_FACE, markeredgecolor=style.colour, markeredgewidth=1.2)
+            if timed and len(ok):
+                ax.fill_between(ok["seq_len"], ok["time_p20_ms"], ok["time_p80_ms"], color=style.colour, alpha=0.2)
+            _mark_out_of_memory(ax, group, ok, metric, scale, slope, style.colour)
+            mark = marks.query("series == @name and measurement == @measurement")
             for seq_len in mark["seq_len"]:
                 at = ok[ok["seq_len"] == seq_len]
                 if len(at):
-                    ax.plot(seq_len, at[metric].iloc[0] * scale, marker="*", markersize=12, color=colour,
+                    ax.plot(seq_len, at[metric].iloc[0] * scale, marker="*", markersize=12, color=style.colour,
                             markeredgecolor="black", markeredgewidth=0.6, linestyle="none")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
@@ -135,10 +149,18 @@ def scaling(points: pd.DataFrame, metric: str, exponents: pd.DataFrame, marks: p
         ax.set_xlabel(label("seq_len"))
         ax.set_ylabel(label(metric))
         handles, labels = ax.get_legend_handles_labels()
-        handles += [Line2D([], [], marker="X", color="grey", linestyle="none", markersize=8),
-                    Line2D([], [], marker="*", color="grey", markeredgecolor="black", linestyle="none", markersize=11)]
-        labels += ["out of memory", "overtakes softmax attention"]
-        ax.legend(handles, labels, loc="upper left", fontsize=6, framealpha=0.85)
+        if timed and shown["noisy"].any():
+            handles.append(Line2D([], [], marker="o", markerfacecolor=NOISY_FACE, markeredgecolor="grey",
+                                  linestyle="none", markersize=6))
+            labels.append(f"noisy timing (spread > {NOISY_SPREAD:g}x or forward > forward + backward)")
+        if (shown["status"] == "oom").any():
+            handles.append(Line2D([], [], marker="X", color="grey", linestyle="none", markersize=8))
+            labels.append("out of memory")
+        if len(marks.query("measurement == @measurement")):
+            handles.append(Line2D([], [], marker="*", color="grey", markeredgecolor="black", linestyle="none",
+                                  markersize=11))
+            labels.append("overtakes softmax attention")
+        _outside_legend(ax, handles, labels)
     figure.suptitle(title)
     return figure
 
@@ -152,16 +174,15 @@ def _mark_out_of_memory(ax, group, ok, metric, scale, slope, colour) -> None:
     value = last[metric] * scale * (seq_len / last["seq_len"]) ** trend
     ax.plot(seq_len, value, marker="X", markersize=9, color=colour, markeredgecolor="black", markeredgewidth=0.6,
             linestyle="none")
-    ax.annotate("OOM", (seq_len, value), fontsize=6, xytext=(4, -8), textcoords="offset points", color=colour)
 
 
-def oom_frontier(table: pd.DataFrame, palette: dict, title: str) -> Figure:
+def oom_frontier(table: pd.DataFrame, palette: Palette, title: str) -> Figure:
     """Per variant, on a log N axis: a dot at the largest N that fit (hollow where nothing failed, so it is
     only a lower bound), a red bar at the first N that did not, a diamond at the N the fit predicts."""
     table = table.sort_values(["max_seq_len", "variant"]).reset_index(drop=True)
     figure, (ax,) = _figure(1, width_per_panel=7.5, height=0.32 * len(table) + 1.6)
     for y, row in table.iterrows():
-        colour = palette.get(row["variant"], "grey")
+        colour = palette.style(row["variant"]).colour
         lower_bound = not row["searched"] and not math.isfinite(row["first_failing_seq_len"])
         ax.plot(row["max_seq_len"], y, marker="o", markersize=8, linestyle="none", markeredgecolor=colour,
                 markerfacecolor="white" if lower_bound else colour, markeredgewidth=1.5)
@@ -178,51 +199,60 @@ def oom_frontier(table: pd.DataFrame, palette: dict, title: str) -> Figure:
                Line2D([], [], marker="|", color="red", linestyle="none", markersize=12, markeredgewidth=2),
                Line2D([], [], marker="D", color="black", linestyle="none")],
               ["largest N that fit", "largest N run, none failed (a lower bound)", "first N out of memory",
-               "predicted largest N at the budget"], loc="lower right", fontsize=7)
+               "predicted largest N at the budget"], loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+              fontsize=7, frameon=False)
     ax.set_title(title)
     return figure
 
 
-def loss_by_position(positions: pd.DataFrame, palette: dict) -> Figure:
+def loss_by_position(positions: pd.DataFrame, palette: Palette) -> Figure:
     """Held-out loss against the position in the window, one panel per task and N, mean over seeds with a
     band of one standard deviation; positions in bins that double in width, drawn at the bin's end."""
     panels = list(positions.groupby(["task", "seq_len"], sort=False))
     figure, axes = _figure(len(panels))
     for ax, ((task, seq_len), panel) in zip(axes, panels):
-        for variant, rows in panel.groupby("variant", sort=False):
+        for name, rows in panel.groupby("series", sort=False):
+            style = palette.style(name)
             curve = rows.groupby("position_end")["eval_loss_nats"].agg(["mean", "std"]).reset_index()
-            ax.plot(curve["position_end"], curve["mean"], marker="o", markersize=3, color=palette[variant],
-                    label=variant)
+            ax.plot(curve["position_end"], curve["mean"], marker=style.marker, markersize=3, color=style.colour,
+                    linestyle=style.linestyle, label=name)
             ax.fill_between(curve["position_end"], curve["mean"] - curve["std"].fillna(0),
-                            curve["mean"] + curve["std"].fillna(0), color=palette[variant], alpha=0.2)
+                            curve["mean"] + curve["std"].fillna(0), color=style.colour, alpha=0.2)
         ax.set_xscale("log", base=2)
         ax.set_title(f"{task}, N = {seq_len}")
         ax.set_xlabel("position in the window (tokens, end of each doubling bin)")
         ax.set_ylabel(label("eval_loss_nats"))
-        ax.legend(fontsize=6)
+    _figure_legend(figure, axes)
     return figure
 
 
-def throughput(points: pd.DataFrame, palette: dict, title: str, ceilings: dict[str, float]) -> Figure:
-    """Achieved TFLOP/s (counted FLOPs over the median time) against N, one panel per measurement, with the
-    device's ceilings as horizontal lines (`ceilings`: name -> TFLOP/s)."""
+def throughput(points: pd.DataFrame, palette: Palette, title: str, ceilings: dict[str, float]) -> Figure:
+    """Achieved TFLOP/s (counted FLOPs over the median time) against N, one panel per measurement, hollow where
+    the timing is noisy, with the device's ceilings as horizontal lines (`ceilings`: name -> TFLOP/s), named in
+    the legend beside the panels."""
     measurements = [m for m in MEASUREMENT_TITLES if m in set(points["measurement"])]
     figure, axes = _figure(len(measurements), width_per_panel=6.0, height=4.5, columns=2)
     for ax, measurement in zip(axes, measurements):
         rows = points[(points["measurement"] == measurement) & (points["status"] == "ok")]
-        for variant, group in rows.groupby("variant", sort=False):
-            ax.plot(group["seq_len"], achieved_tflops_per_s(group), marker="o", markersize=4, color=palette[variant],
-                    label=variant)
-        for (name, tflops), style in zip(ceilings.items(), ("-", "--")):
-            ax.axhline(tflops, color="black", linestyle=style, linewidth=1)
-            ax.annotate(f"{name}: {tflops:.3g} TFLOP/s", (0.01, tflops), xycoords=("axes fraction", "data"),
-                        fontsize=6, xytext=(0, 3), textcoords="offset points")
+        for name, group in rows.groupby("series", sort=False):
+            style = palette.style(name)
+            noisy = group["noisy"].to_numpy(dtype=bool)
+            achieved = achieved_tflops_per_s(group)
+            ax.plot(group["seq_len"], achieved, marker=style.marker, markersize=4, color=style.colour,
+                    linestyle=style.linestyle, markevery=list(np.flatnonzero(~noisy)), label=name)
+            if noisy.any():
+                ax.plot(group["seq_len"][noisy], achieved[noisy], linestyle="none", marker=style.marker,
+                        markersize=5, markerfacecolor=NOISY_FACE, markeredgecolor=style.colour)
+        for (name, tflops), line_style in zip(ceilings.items(), ("-", "--")):
+            ax.axhline(tflops, color="black", linestyle=line_style, linewidth=1, label=f"{name}: {tflops:.3g} TFLOP/s")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_title(MEASUREMENT_TITLES[measurement])
         ax.set_xlabel(label("seq_len"))
         ax.set_ylabel(label("tflops_per_s"))
-    handles, labels = axes[0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="outside right upper", fontsize=7)
+    if points.loc[points["status"] == "ok", "noisy"].any():
+        axes[0].plot([], [], marker="o", markerfacecolor=NOISY_FACE, markeredgecolor="grey", linestyle="none",
+                     label="noisy timing (hollow)")
+    _figure_legend(figure, axes)
     figure.suptitle(title)
     return figure

@@ -6,12 +6,14 @@ here, so a number never appears without its unit.
 
 from __future__ import annotations
 
+from ttt_bench.profile.memory_fit import CARD_BUDGETS_GIB
 from ttt_bench.results import METRICS, MiB
 
 # Columns that name a cell rather than measure it; shown as they are.
 IDENTITY_LABELS = {
     "variant": "variant", "layer": "layer", "measurement": "measurement", "status": "status", "message": "message",
     "task": "task", "dtype": "dtype", "device": "device", "seed": "seed", "knobs": "knobs",
+    "series": "variant", "noisy": "noisy", "noise": "why it is noise", "results_folder": "results folder",
 }
 # Numeric configuration columns, with their units.
 CONFIG_LABELS = {
@@ -30,6 +32,10 @@ DERIVED_LABELS = {
     "budget_bytes": "memory budget (MiB)", "max_seq_len": "largest N that fit (tokens)",
     "first_failing_seq_len": "first N out of memory (tokens)",
     "predicted_max_seq_len": "predicted largest N at the budget (tokens)", "searched": "bisected",
+    **{f"predicted_max_seq_len_at_{gib:g}_gib": f"predicted largest N at {gib:g} GiB (tokens)"
+       for gib in CARD_BUDGETS_GIB},
+    "memory_order": "memory order (k: peak ~ N^k)", "fit_points": "fitted to (N: peak MiB)",
+    "prediction_note": "why no prediction",
     "accuracy_mean": "accuracy mean (fraction correct)", "accuracy_sd": "accuracy sd (fraction correct)",
     "seeds": "seeds (count)", "pareto": "on the Pareto front",
     "achieved_tflops_per_s": "achieved (TFLOP/s)", "position_end": "bin end (token index)",
@@ -43,6 +49,12 @@ def label(column: str) -> str:
     if column in METRICS:
         return METRICS[column].label
     return CONFIG_LABELS.get(column) or DERIVED_LABELS.get(column) or IDENTITY_LABELS.get(column) or column
+
+
+def shown_value(column: str, value: float) -> str:
+    """A stored value in its shown unit, 3 significant figures: '3.1 ms', '12 MiB'."""
+    unit = label(column).rpartition("(")[2].rstrip(")")
+    return f"{value * scale(column):.3g} {unit}"
 
 
 def scale(column: str) -> float:

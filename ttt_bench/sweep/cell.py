@@ -11,7 +11,6 @@ Training rows (beside the cell's config columns):
 
 from __future__ import annotations
 
-import importlib
 import math
 import time
 from datetime import UTC, datetime
@@ -19,6 +18,7 @@ from datetime import UTC, datetime
 import torch
 
 from ttt_bench.errors import ConfigError
+from ttt_bench.layers.user_modules import import_layer_module
 from ttt_bench.profile.env import environment
 from ttt_bench.profile.matmul_peak import matmul_tflops_per_s
 from ttt_bench.profile.measure import DTYPES, first_line, is_out_of_memory, measure_cell, release_memory, tidy_rows
@@ -37,7 +37,7 @@ def measure_planned_cell(cell: PlannedCell) -> list[dict[str, object]]:
     started = now_utc()
     start = time.perf_counter()
     for module in cell.imports:
-        importlib.import_module(module)
+        import_layer_module(module)
     if cell.settings.threads is not None:
         torch.set_num_threads(cell.settings.threads)
     env_key = (cell.cell.device, torch.get_num_threads())

@@ -6,14 +6,16 @@ wherever it runs, so the search is deterministic and testable anywhere. On CUDA 
 at the budget too (a fraction of the card by default). Every probe is a cell of the results folder, run
 in the crash-isolated worker, so a rerun reuses the probes already made.
 
-Beside the search, the peaks measured at a few small N are fitted with a polynomial in N
-(ttt_bench.profile.memory_fit), which predicts the frontier for any budget (say an 80 GB card).
+Beside the search, the peaks at a few N below the frontier are fitted with a polynomial in N of the layer's
+declared order (ttt_bench.profile.memory_fit), which predicts the frontier for other budgets (say an 80 GiB card)
+where the points support it, and says why not where they do not.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,10 +23,17 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from tqdm import tqdm
 
 from ttt_bench.profile.env import environment
-from ttt_bench.profile.memory_fit import MemoryFit, fit_memory
-from ttt_bench.results import PASS_OF_MEASUREMENT, GiB, ResultStore
+from ttt_bench.profile.memory_fit import (
+    POINTS_PER_COEFFICIENT,
+    MemoryFit,
+    declared_memory_order,
+    fit_memory,
+    points_needed,
+)
+from ttt_bench.results import PASS_OF_MEASUREMENT, GiB, MiB, ResultStore
 from ttt_bench.sweep.plan import PlannedCell, Suite
 from ttt_bench.sweep.progress import Progress
 from ttt_bench.sweep.runner import Worker, check_devices
@@ -38,10 +47,18 @@ class Probe:
     peak_bytes: float  # tracked live bytes of the pass (NaN unless ok)
     cuda_peak_bytes: float  # NaN off CUDA
     message: str = ""
+    stored: bool = False  # taken from the results folder, where an earlier search made it
 
     @property
     def fits(self) -> bool:
         return self.status == "ok"
+
+    def describe(self) -> str:
+        if self.fits:
+            outcome = f"fits, peak {self.peak_bytes / MiB:,.1f} MiB"
+        else:
+            outcome = self.status + (f" ({self.message})" if self.message and self.status != "oom" else "")
+        return f"N = {self.seq_len}: {outcome}" + ("; from the results folder" if self.stored else "")
 
 
 @dataclass(frozen=True)
@@ -100,6 +117,19 @@ def search_frontier(probe: Callable[[int], Probe], settings: OomSettings) -> Fro
     return Frontier("found", lo.seq_len, hi.seq_len, lo, len(seen))
 
 
+def fit_seq_lens(largest: int, count: int, min_seq_len: int) -> list[int]:
+    """`count` lengths spread evenly over the upper half of those that fit, largest / 2 ... largest (the
+    largest N that fit), each rounded down to a multiple of the largest power of two within the spacing, so
+    that no two merge and chunked layers run whole chunks (a partial last chunk puts a peak off its line);
+    none below min_seq_len. The upper half because a peak is the largest of the memory at several moments of
+    the pass, each a polynomial in N, and at small N another moment (the weights' gradients, say) may hold it
+    than at the frontier and beyond."""
+    spacing = largest / 2 / max(count - 1, 1)
+    grain = 2 ** math.floor(math.log2(spacing)) if spacing >= 1 else 1
+    lengths = {math.floor((largest / 2 + j * spacing) / grain) * grain for j in range(count)}
+    return sorted(n for n in lengths if n >= max(min_seq_len, 1))
+
+
 def budget_bytes(suite: Suite, device: str) -> int:
     """[oom].budget_gib if set; else, on CUDA, budget_fraction of the card; on CPU cpu_budget_gib."""
     settings = suite.oom
@@ -110,9 +140,67 @@ def budget_bytes(suite: Suite, device: str) -> int:
     return int(settings.cpu_budget_gib * GiB)
 
 
+def budget_source(suite: Suite, device: str) -> tuple[str, str]:
+    """The budget on `device` in words, and the [oom] key it comes from."""
+    gib = f"{budget_bytes(suite, device) / GiB:.4g} GiB"
+    if suite.oom.budget_gib is not None:
+        return f"{gib} on {device}", "budget_gib"
+    if device.startswith("cuda"):
+        return f"{gib} on {device}, {suite.oom.budget_fraction:g} of the card", "budget_fraction"
+    return f"{gib} of tracked tensor bytes on {device}", "cpu_budget_gib"
+
+
+def settings_lines(suite: Suite) -> list[str]:
+    """What the search will do, each setting with its [oom] key, marked where its value is the default (set or
+    not): printed before the search starts, so that a suite without an [oom] table shows what it gets."""
+    settings, defaults = suite.oom, OomSettings()
+    changed = [f.name for f in dataclasses.fields(OomSettings)
+               if getattr(settings, f.name) != getattr(defaults, f.name)]
+
+    def key(*names: str) -> str:
+        return ", ".join(name if name in changed else f"{name}: default" for name in names)
+
+    budgets = [budget_source(suite, device) for device in sorted(set(suite.grid["device"]))]
+    origin = (f"other than the defaults (by the suite or the command line): {', '.join(changed)}"
+              if changed else "every [oom] key at its default")
+    fit_budgets = ", ".join(f"{gib:g}" for gib in settings.predict_budget_gib)
+    return [
+        f"oom search of {suite.name} ({suite.path}): {origin} (docs/suite-keys.md#oom)",
+        *(f"  budget: {text} ({key(source)})" for text, source in budgets),
+        f"  the pass that must fit: {settings.measurement} ({key('measurement')})",
+        f"  N: doubling from {settings.start_seq_len}, within {settings.min_seq_len} ... {settings.max_seq_len}, "
+        f"then bisection until the fitting and the failing N are {settings.resolution} apart "
+        f"({key('start_seq_len', 'min_seq_len', 'max_seq_len', 'resolution')})",
+        f"  memory fit: {POINTS_PER_COEFFICIENT} points per coefficient of the layer's declared order "
+        f"({points_needed(1)} for memory ~ N, {points_needed(2)} for ~ N^2), spread evenly from half the largest "
+        f"N that fits up to it; predictions at {fit_budgets} GiB ({key('predict_budget_gib')})",
+    ]
+
+
+class Prober:
+    """Probes one variant at any N, once per N (from the results folder where an earlier search made the
+    probe, else in the worker), with a line per probe on stderr when `announce`."""
+
+    def __init__(self, worker: Worker, store: ResultStore, planned: PlannedCell, budget: int, pass_name: str,
+                 announce: bool) -> None:
+        self.worker, self.store, self.planned = worker, store, planned
+        self.budget, self.pass_name, self.announce = budget, pass_name, announce
+        self.name = planned.describe(with_seq_len=False)
+        self.seen: dict[int, Probe] = {}
+
+    def probe(self, seq_len: int, purpose: str) -> Probe:
+        if seq_len not in self.seen:
+            self.seen[seq_len] = run_probe(self.worker, self.store,
+                                           probe_cell(self.planned, seq_len, self.budget, self.pass_name))
+            if self.announce:
+                tqdm.write(f"  {self.name} ({purpose}) {self.seen[seq_len].describe()}", file=sys.stderr)
+        return self.seen[seq_len]
+
+
 def frontier_table(suite: Suite, out: str | Path, show_progress: bool = True) -> pd.DataFrame:
     """Search every variant and grid point of `suite` (grid.seq_len is not used) into `out`; the table
-    has one row per variant and point: the measured frontier, the fit and its predictions."""
+    has one row per variant and point: the measured frontier, the fit and its predictions (or why not).
+    With `show_progress`, a line per probe and the progress per variant on stderr."""
     if suite.trains:
         raise SuiteError(f"{suite.path}: this suite trains models (it lists 'tasks'); the out-of-memory search "
                          f"measures layers: run it on a profiling suite such as suites/oom.toml")
@@ -128,24 +216,33 @@ def frontier_table(suite: Suite, out: str | Path, show_progress: bool = True) ->
         store.write_run_files(environment(searches[0].cell.device), suite.text)
         progress = Progress(len(searches), enabled=show_progress)
         for planned in searches:
-            budget = budget_bytes(suite, planned.cell.device)
-
-            def probe(seq_len: int, planned=planned, budget=budget) -> Probe:
-                return run_probe(worker, store, probe_cell(planned, seq_len, budget, pass_name))
-
-            name = planned.describe(with_seq_len=False)
+            cell = planned.cell
+            budget = budget_bytes(suite, cell.device)
+            prober = Prober(worker, store, planned, budget, pass_name, announce=show_progress)
+            name = prober.name
             progress.start(name)
             start = time.perf_counter()
-            frontier = search_frontier(probe, settings)
-            fitted = [probe(n) for n in sorted(set(settings.fit_seq_lens))]
-            fit = fit_memory([p.seq_len for p in fitted if p.fits], [p.peak_bytes for p in fitted if p.fits])
+            frontier = search_frontier(lambda n, prober=prober: prober.probe(n, "search"), settings)
+            order = declared_memory_order(cell.layer, cell.d_model, cell.n_heads, cell.overrides)
+            fit = fit_below(frontier, order, settings, lambda n, prober=prober: prober.probe(n, "fit"))
             rows.append(frontier_row(planned, settings, budget, frontier, fit))
-            progress.finish(f"{name}: {frontier.status}, max N {frontier.max_seq_len}", frontier_status(frontier),
-                            time.perf_counter() - start)
+            outcome = "the fit predicts" if fit.predicts else "no prediction"
+            progress.finish(f"{name}: max N {frontier.max_seq_len} ({frontier.status}; {outcome})",
+                            frontier_status(frontier), time.perf_counter() - start)
         progress.close()
     table = pd.DataFrame(rows)
     table.to_csv(store.root / "oom_frontier.csv", index=False)
     return table
+
+
+def fit_below(frontier: Frontier, order: int, settings: OomSettings, probe: Callable[[int], Probe]) -> MemoryFit:
+    """The memory fit of the layer's declared order to the peaks at fit_seq_lens below the frontier (a length
+    the search probed already is not probed again)."""
+    if frontier.max_seq_len is None:
+        return MemoryFit(order, (), (), note="no N fits the budget, so there is no peak to fit")
+    fitting = [p for p in map(probe, fit_seq_lens(frontier.max_seq_len, points_needed(order), settings.min_seq_len))
+               if p.fits]
+    return fit_memory([p.seq_len for p in fitting], [p.peak_bytes for p in fitting], order)
 
 
 def frontier_status(frontier: Frontier) -> str:
@@ -165,7 +262,8 @@ def probe_cell(planned: PlannedCell, seq_len: int, budget: int, pass_name: str) 
 def run_probe(worker: Worker, store: ResultStore, cell: PlannedCell) -> Probe:
     """A probe's result from the results folder when a previous search made it, else from the worker."""
     rows = store.read_cell(cell.config_hash)
-    if rows is None:
+    stored = rows is not None
+    if not stored:
         store.write_cell(cell.config_hash, worker.run(cell))
         rows = store.read_cell(cell.config_hash)  # read back, so a new probe and a stored one look alike
     row = rows.iloc[0]
@@ -175,11 +273,11 @@ def run_probe(worker: Worker, store: ResultStore, cell: PlannedCell) -> Probe:
         return math.nan if value is None else float(value)
 
     return Probe(cell.cell.seq_len, str(row["status"]), number("peak_bytes"), number("cuda_peak_bytes"),
-                 str(row.get("message") or ""))
+                 str(row.get("message") or ""), stored)
 
 
 def frontier_row(planned: PlannedCell, settings: OomSettings, budget: int, frontier: Frontier,
-                 fit: MemoryFit | None) -> dict[str, object]:
+                 fit: MemoryFit) -> dict[str, object]:
     cell = planned.cell
     at_max = frontier.at_max
     row: dict[str, object] = {
@@ -190,11 +288,9 @@ def frontier_row(planned: PlannedCell, settings: OomSettings, budget: int, front
         "resolution": settings.resolution, "probes": frontier.probes,
         "peak_bytes_at_max": at_max.peak_bytes if at_max else math.nan,
         "cuda_peak_bytes_at_max": at_max.cuda_peak_bytes if at_max else math.nan,
-        "fit_seq_lens": ",".join(map(str, fit.seq_lens)) if fit else "",
+        **fit.columns(),
+        "predicted_max_seq_len": fit.max_seq_len(budget),
     }
-    coefficients = fit.coefficients if fit else (math.nan,) * 3
-    row.update(fit_bytes=coefficients[0], fit_bytes_per_token=coefficients[1], fit_bytes_per_token_sq=coefficients[2])
-    row["predicted_max_seq_len"] = fit.max_seq_len(budget) if fit else math.nan
     for gib in settings.predict_budget_gib:
-        row[f"predicted_max_seq_len_at_{gib:g}_gib"] = fit.max_seq_len(gib * GiB) if fit else math.nan
+        row[f"predicted_max_seq_len_at_{gib:g}_gib"] = fit.max_seq_len(gib * GiB)
     return row

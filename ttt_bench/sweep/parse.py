@@ -28,7 +28,6 @@ ttt_bench/sweep/rules.py.
 from __future__ import annotations
 
 import fnmatch
-import importlib
 import itertools
 import tomllib
 from pathlib import Path
@@ -37,7 +36,9 @@ from typing import Any
 from ttt_bench import layers
 from ttt_bench.config import Allowed, Integer, Number, OneOf, not_allowed
 from ttt_bench.errors import ConfigError, UnknownLayerError
-from ttt_bench.profile.measure import DTYPES, METRICS
+from ttt_bench.layers.registry import unknown_layer
+from ttt_bench.layers.user_modules import import_layer_module
+from ttt_bench.profile.measure import DTYPES, METRICS, first_line
 from ttt_bench.sweep.plan import LayerEntry, Suite, TaskEntry
 from ttt_bench.sweep.rules import check_rule
 from ttt_bench.sweep.schema import (
@@ -75,16 +76,7 @@ def parse_suite(data: dict, path: Path, text: str = "") -> Suite:
     check.keys("", data, tuple(TOP_LEVEL_KEYS))
     name = check.string("name", data.get("name", path.stem))
     description = check.string("description", data.get("description", ""))
-    imports = tuple(
-        check.string(f"imports[{i}]", module) for i, module in enumerate(check.list("imports", data.get("imports", [])))
-    )
-    for index, module in enumerate(imports):
-        try:
-            importlib.import_module(module)
-        except Exception as error:  # any failure to import is the suite's problem, reported as such
-            raise SuiteError(
-                f"{path}: key 'imports[{index}]': cannot import {module!r} ({type(error).__name__}: {error})"
-            ) from None
+    imports = _parse_imports(check, data.get("imports", []))
     task_entries = _parse_tasks(check, data.get("tasks", []))
     default_metrics = [ACCURACY] if task_entries else list(METRICS)
     metrics = tuple(check.list("metrics", data.get("metrics", default_metrics), nonempty=True))
@@ -105,11 +97,7 @@ def parse_suite(data: dict, path: Path, text: str = "") -> Suite:
     entries = _parse_layers(check, data.get("layers"))
     for entry in entries:
         for d_model, n_heads in itertools.product(grid["d_model"], grid["n_heads"]):
-            try:
-                layers.config(entry.layer, d_model=d_model, n_heads=n_heads, **entry.knobs)
-            except (ValueError, TypeError) as error:
-                raise SuiteError(f"{path}: key {entry.key!r} (layer {entry.layer!r} as {entry.label!r}, "
-                                 f"d_model={d_model}, n_heads={n_heads}): {error}") from None
+            _check_builds(check, entry, d_model, n_heads)
     settings = _parse_settings(check, "measure", data.get("measure", {}))
     rules = tuple(
         (kind, check_rule(check, f"{kind}[{i}]", rule))
@@ -123,6 +111,33 @@ def parse_suite(data: dict, path: Path, text: str = "") -> Suite:
     if grid["seq_len"] is not None and not suite.cells():
         raise SuiteError(f"{path}: the grid is empty after the 'exclude' and 'only' rules; nothing would run")
     return suite
+
+
+def _parse_imports(check: Checker, raw: Any) -> tuple[str, ...]:
+    """Import each listed module (a module name, or a .py path relative to the suite file); what the workers import
+    to get the same modules: the names, and the files' absolute paths."""
+    specs = []
+    for index, module in enumerate(check.list("imports", raw)):
+        key = f"imports[{index}]"
+        module = check.string(key, module)
+        try:
+            specs.append(import_layer_module(module, check.path.parent).spec)
+        except ConfigError as error:
+            raise SuiteError(f"{check.path}: key {key!r}: {error}") from None
+    return tuple(specs)
+
+
+def _check_builds(check: Checker, entry: LayerEntry, d_model: int, n_heads: int) -> None:
+    """Build the variant once at this width, as every cell will: a layer that cannot be built is refused now."""
+    where = (f"{check.path}: key {entry.key!r} (layer {entry.layer!r} as {entry.label!r}, d_model={d_model}, "
+             f"n_heads={n_heads})")
+    try:
+        layers.build(entry.layer, d_model=d_model, n_heads=n_heads, **entry.knobs)
+    except ConfigError as error:
+        raise SuiteError(f"{where}: {error}") from None
+    except Exception as error:  # a layer's own code failing to build it: the suite would fail in every cell
+        raise SuiteError(f"{where}: it cannot be built ({first_line(error)}); run "
+                         f"`ttt-bench check` on its module to see which part of the layer contract it breaks") from None
 
 
 class Checker:
@@ -203,8 +218,7 @@ def _parse_layers(check: Checker, raw: Any) -> list[LayerEntry]:
         if isinstance(entry, str):
             matched = fnmatch.filter(layers.names(), entry)
             if not matched:
-                raise SuiteError(f"{check.path}: key {key!r}: no registered layer matches {entry!r}; "
-                                 f"registered layers: {', '.join(layers.names())}")
+                raise SuiteError(f"{check.path}: key {key!r}: {unknown_layer(entry, 'no registered layer matches')}")
             entries += [LayerEntry(name, name, {}, key) for name in matched]
             continue
         check.keys(key + ".", entry, LAYER_ENTRY_KEYS)

@@ -72,23 +72,33 @@ class PlannedCell:
     variant: str  # the layer entry's label (the layer name unless a label or knobs make another)
     settings: MeasureSettings
     metrics: tuple[str, ...]
-    imports: tuple[str, ...] = ()  # modules the worker imports first (they register extra layers)
+    # What the worker imports first (layers.user_modules): module names and .py files' absolute paths, which
+    # register layers of the user's own
+    imports: tuple[str, ...] = ()
     skip_reason: str | None = None  # recorded as 'skipped' with this reason instead of running
     passes: tuple[str, ...] = PASSES  # measure_cell's passes: 'fwd_bwd' and/or 'fwd'
     suite: str = ""  # the suite's name, carried into the rows (not part of the identity)
     training: Training | None = None  # set: train a backbone around the layer on a task instead of profiling it
+    run_id: str | None = None  # the run that measures it, carried into the rows (not part of the identity)
 
     @property
     def config_hash(self) -> str:
         """Identity of the result: the cell, its knobs and how it is measured (not the timeout)."""
         identity = {**self.cell.config_columns(), "knobs": self.cell.overrides, "variant": self.variant,
-                    "metrics": sorted(self.metrics)}
+                    "metrics": sorted(self.metrics), **self.measure_settings}
         if self.training is None:
-            identity |= {"passes": sorted(self.passes),
-                         **{k: v for k, v in asdict(self.settings).items() if k != "timeout_s"}}
+            identity |= {"passes": sorted(self.passes)}
         else:
-            identity |= {**self.training.identity(), "threads": self.settings.threads}
+            identity |= self.training.identity()
         return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    @property
+    def measure_settings(self) -> dict[str, object]:
+        """The [measure] settings that shape this cell's numbers: all but the timeout for a profiling cell, the
+        threads for a training cell (the outer loop times itself)."""
+        if self.training is not None:
+            return {"threads": self.settings.threads}
+        return {k: v for k, v in asdict(self.settings).items() if k != "timeout_s"}
 
     @property
     def measurements(self) -> tuple[str, ...]:
@@ -102,6 +112,7 @@ class PlannedCell:
             "suite": self.suite, "config_hash": self.config_hash, "variant": self.variant, **self.cell.config_columns(),
             "knobs": json.dumps(self.cell.overrides, sort_keys=True),
             **(self.training.config_columns() if self.training is not None else {}),
+            "measure_settings": json.dumps(self.measure_settings, sort_keys=True), "run_id": self.run_id,
         }
 
     def describe(self, with_seq_len: bool = True) -> str:

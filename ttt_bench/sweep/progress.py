@@ -1,4 +1,5 @@
-"""Progress of a sweep on stderr: the current cell, done / total, failures and an ETA.
+"""Progress of a sweep on stderr: the current cell, done / total, failures (oom, error, timeout, diverged) and
+an ETA.
 
 On a terminal it is one tqdm bar; elsewhere (CI logs, files) one line per finished cell.
 """
@@ -12,7 +13,7 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-from ttt_bench.results import RETRIABLE_STATUSES
+from ttt_bench.results import FAILED_STATUSES
 
 
 class Progress:
@@ -37,7 +38,7 @@ class Progress:
     def finish(self, cell: str, status: str, seconds: float) -> None:
         with self._lock:
             self.done += 1
-            self.failures += status in RETRIABLE_STATUSES
+            self.failures += status in FAILED_STATUSES
             if self._bar is not None:
                 self._bar.set_postfix_str(f"failures {self.failures}", refresh=False)
                 self._bar.update(1)

@@ -6,12 +6,20 @@ One worker process per device measures cells one after another. An exception ins
 as a row with its status (measure_cell never raises); a worker that dies (a segfault, the kernel's
 out-of-memory killer) or gives no result within the cell's timeout is killed and replaced, and the
 cell is recorded as 'error' or 'timeout' with what happened. Finished cells are skipped on a rerun.
+
+A run never blends settings: into a folder whose cells were all measured with other [measure] settings it is
+refused (BlendedSettingsError) unless `add` is given. Before it starts it warns when the suite's threads
+exceed the cores that the machine's load leaves free; every row carries the load when its cell started.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
 import multiprocessing
 import signal
+import sys
 import threading
 import time
 from collections import Counter
@@ -22,8 +30,16 @@ from typing import Protocol
 
 import torch
 
-from ttt_bench.profile.env import environment
-from ttt_bench.results import RETRIABLE_STATUSES, ResultStore
+from ttt_bench.errors import ConfigError
+from ttt_bench.profile.env import cpus_available, environment, load_average, machine_load
+from ttt_bench.results import (
+    FAILED_STATUSES,
+    RETRIABLE_STATUSES,
+    TRAIN_MEASUREMENT,
+    UNFINISHED_STATUSES,
+    ResultStore,
+    StoredCell,
+)
 from ttt_bench.sweep.cell import measure_planned_cell, now_utc
 from ttt_bench.sweep.plan import PlannedCell, Suite
 from ttt_bench.sweep.progress import Progress
@@ -33,36 +49,99 @@ READY = "ready"
 WORKER_START_TIMEOUT_S = 300
 
 
+class BlendedSettingsError(ConfigError):
+    """A run into a folder whose cells were measured with other [measure] settings: a report would blend them."""
+
+
 @dataclass(frozen=True)
 class RunSummary:
     total: int  # cells in the suite
     already_done: int  # skipped because a previous run finished them
     ran: int
     statuses: dict[str, int]  # of the cells run now
+    suite_statuses: dict[str, int]  # of all the suite's cells in the folder after the run
+    run_id: str | None = None  # None: nothing was due, no run was recorded
 
     @property
     def failures(self) -> int:
-        return sum(count for status, count in self.statuses.items() if status in RETRIABLE_STATUSES)
+        return sum(count for status, count in self.statuses.items() if status in FAILED_STATUSES)
+
+    @property
+    def unfinished(self) -> dict[str, int]:
+        """Of the suite's cells, those that gave no answer (error, timeout), by status."""
+        return {status: count for status, count in sorted(self.suite_statuses.items())
+                if status in UNFINISHED_STATUSES}
 
 
 class Executor(Protocol):
     def run(self, cells: list[PlannedCell], store: ResultStore, progress: Progress) -> None: ...
 
 
-def pending_cells(cells: list[PlannedCell], store: ResultStore, retry_failed: bool = False) -> list[PlannedCell]:
-    """The cells still to run: missing ones, skipped ones the suite no longer skips, and with `retry_failed`
-    those that ended in error, oom or timeout."""
-    statuses = store.statuses()
-    return [cell for cell in cells if needs_run(cell, statuses.get(cell.config_hash), retry_failed)]
+def pending_cells(cells: list[PlannedCell], store: ResultStore, retry_failed: bool = False,
+                  retry_noisy: bool = False) -> list[PlannedCell]:
+    """The cells still to run: missing ones, skipped ones the suite no longer skips, with `retry_failed`
+    those that ended in error, oom or timeout, and with `retry_noisy` those with a timing flagged noisy."""
+    stored = store.stored_cells()
+    return [cell for cell in cells if needs_run(cell, stored.get(cell.config_hash), retry_failed, retry_noisy)]
 
 
-def needs_run(cell: PlannedCell, status: str | None, retry_failed: bool) -> bool:
-    """Whether a cell whose stored status is `status` (None: not stored) runs again."""
-    if status is None:
+def needs_run(cell: PlannedCell, stored: StoredCell | None, retry_failed: bool, retry_noisy: bool = False) -> bool:
+    """Whether a cell stored as `stored` (None: not stored) runs again."""
+    if stored is None:
         return True
-    if status == "skipped":
+    if stored.status == "skipped":
         return cell.skip_reason is None
-    return retry_failed and status in RETRIABLE_STATUSES
+    return (retry_failed and stored.status in RETRIABLE_STATUSES) or (retry_noisy and stored.noisy)
+
+
+def check_settings_match(cells: list[PlannedCell], store: ResultStore) -> None:
+    """Refuse a run into a folder that holds cells of the suite's kind (profiling or training) none of which was
+    measured with the suite's [measure] settings: name each setting that differs, old -> new. A folder that
+    already holds the suite's settings (a resume, or a series kept with --add) passes. A cell file written
+    before rows recorded their settings counts as the suite's when its config hash is one of the suite's (the
+    hash covers the settings), else as unknown settings."""
+    trains = cells[0].training is not None
+    wanted = cells[0].measure_settings
+    suite_hashes = {cell.config_hash for cell in cells}
+    stored = {h: c for h, c in store.stored_cells().items() if (c.measurement == TRAIN_MEASUREMENT) == trains}
+    if not stored or suite_hashes & stored.keys():
+        return
+    known = [json.loads(text) for text in sorted({c.measure_settings for c in stored.values()} - {None})]
+    if wanted in known:
+        return
+    differing = {key: sorted({_shown(old.get(key)) for old in known if old.get(key) != wanted.get(key)})
+                 for key in sorted({key for old in known for key in old} | wanted.keys())}
+    changes = [f"{key} {' or '.join(old)} -> {_shown(wanted.get(key))}" for key, old in differing.items() if old]
+    unknown = sum(c.measure_settings is None for c in stored.values())
+    if unknown:
+        changes.append(f"{unknown} cells of unknown settings (written before ttt-bench recorded them)")
+    raise BlendedSettingsError(
+        f"{store.root}: none of its cells was measured with this suite's [measure] settings ({'; '.join(changes)}): "
+        f"a report would blend them; run into another folder (--out), or pass --add to keep both in this one "
+        f"(reports then draw them as separate series)"
+    )
+
+
+def _shown(value: object) -> str:
+    return "unset" if value is None else str(value)
+
+
+def busy_machine_warning(threads: int | None) -> str | None:
+    """A warning when the threads (None: torch's default) exceed the cores the machine's load leaves free
+    (cpus_available minus the whole tasks of the 1-minute load average, at least 1: the average lags by a minute,
+    so the fraction a just-finished job leaves behind is not a busy core); None when they fit or the load
+    cannot be read."""
+    cpus, load = cpus_available(), load_average()
+    if load is None:
+        return None
+    free = max(1, cpus - math.floor(load))
+    used = threads or torch.get_num_threads()
+    if used <= free:
+        return None
+    source = "" if threads else " (torch's default: [measure] threads is unset)"
+    return (f"ttt-bench: warning: threads = {used}{source} exceed the cores free, {free} ({cpus} CPUs available, "
+            f"1-minute load average {load:.2f}): the timings will contend for the cores and be flagged noisy; set "
+            f"[measure] threads = {free} or run on an idle machine")
 
 
 def run_suite(
@@ -70,23 +149,37 @@ def run_suite(
     out: str | Path,
     *,
     retry_failed: bool = False,
+    retry_noisy: bool = False,
+    add: bool = False,
     executor: Executor | None = None,
     show_progress: bool = True,
 ) -> RunSummary:
-    """Run what is missing of `suite` into `out`; refused while another run writes there."""
+    """Run what is missing of `suite` into `out`; refused while another run writes there, and (unless `add`)
+    into a folder whose cells were measured with other [measure] settings. A run with something to do is
+    recorded under runs/<run_id>/ and its rows carry the run_id."""
     cells = suite.cells()
     check_devices(cells)
     store = ResultStore(out)
+    run_id = None
     with store.lock():
-        pending = pending_cells(cells, store, retry_failed)
-        devices = sorted({cell.cell.device for cell in cells})
-        store.write_run_files(environment(devices[-1]), suite.text)
+        if not add:
+            check_settings_match(cells, store)
+        pending = pending_cells(cells, store, retry_failed, retry_noisy)
+        if pending:
+            devices = sorted({cell.cell.device for cell in cells})
+            run_id = store.write_run_files({**environment(devices[-1]), **machine_load()}, suite.text)
+            pending = [dataclasses.replace(cell, run_id=run_id) for cell in pending]
+            warning = busy_machine_warning(suite.settings.threads) if executor is None and "cpu" in devices else None
+            if warning is not None:
+                print(warning, file=sys.stderr, flush=True)
         progress = Progress(len(pending), enabled=show_progress)
         (executor or LocalExecutor()).run(pending, store, progress)
         progress.close()
         statuses = store.statuses()
     ran = Counter(statuses.get(cell.config_hash, "missing") for cell in pending)
-    return RunSummary(total=len(cells), already_done=len(cells) - len(pending), ran=len(pending), statuses=dict(ran))
+    final = Counter(statuses.get(cell.config_hash, "missing") for cell in cells)
+    return RunSummary(total=len(cells), already_done=len(cells) - len(pending), ran=len(pending),
+                      statuses=dict(ran), suite_statuses=dict(final), run_id=run_id)
 
 
 def check_devices(cells: list[PlannedCell]) -> None:
@@ -154,10 +247,14 @@ class Worker:
         self._kill() if exc_type is not None else self.close()
 
     def run(self, cell: PlannedCell) -> list[dict[str, object]]:
-        """The cell's tidy rows; a crash or a timeout becomes rows with that status."""
+        """The cell's tidy rows, with the CPUs available and the load as it started; a crash or a timeout
+        becomes rows with that status."""
         if self._process is None or not self._process.is_alive():
             self._start()
-        started = now_utc()
+        started, load = now_utc(), machine_load()  # the worker inherits this process's affinity mask
+        return [{**row, **load} for row in self._rows(cell, started)]
+
+    def _rows(self, cell: PlannedCell, started: str) -> list[dict[str, object]]:
         self._connection.send(cell)
         if not self._connection.poll(cell.settings.timeout_s):
             self._kill()

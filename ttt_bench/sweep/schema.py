@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from ttt_bench.config import Integer, ListOf, Number, OneOf, Optional, check_fields, declared_fields, knob
 from ttt_bench.errors import ConfigError
 from ttt_bench.profile.measure import DTYPES, METRICS, TimingBudget
+from ttt_bench.profile.memory_fit import CARD_BUDGETS_GIB
 from ttt_bench.results import PROFILE_MEASUREMENTS
 from ttt_bench.training.models import ModelSettings
 from ttt_bench.training.train import TrainSettings
@@ -48,7 +49,9 @@ TOP_LEVEL_KEYS = {
     "description": "one line shown by `ttt-bench ls`",
     "metrics": f"what a profiling suite collects, any of {list(METRICS)} (the analytic FLOPs are always there); "
                f"a training suite's is ['{ACCURACY}']",
-    "imports": "modules imported first, in the runner and in every worker: they register layers of your own",
+    "imports": "modules that register layers of your own, imported first by the runner and every worker: a .py path "
+               "relative to the suite file, or a module name (found on the Python path, else as that name + .py beside "
+               "the suite)",
     "layers": "layer entries: a registered name, a glob over the names ('ttt-*'), or a table "
               "{ name, label, knobs, sweep }",
     "tasks": "a training suite's task entries: a task name or a table { name, label, options, sweep }",
@@ -102,14 +105,12 @@ class OomSettings:
     measurement: str = knob("forward_backward", "the pass whose peak must fit", OneOf(PROFILE_MEASUREMENTS))
     start_seq_len: int = knob(1024, "the doubling starts here (and halves from here if this does not fit)",
                               Integer(1))
-    min_seq_len: int = knob(16, "give up below this N", Integer(1))
+    min_seq_len: int = knob(16, "give up below this N; the memory fit's lengths are at least this too", Integer(1))
     max_seq_len: int = knob(2**20, "stop doubling here: the frontier is at least this", Integer(1))
     resolution: int = knob(256, "bisect until the fitting and the failing N are this close; N stays a multiple "
                                 "of it", Integer(1))
-    fit_seq_lens: tuple[int, ...] = knob((512, 1024, 2048, 4096), "small N whose peaks the memory polynomial is "
-                                         "fitted to", ListOf(Integer(1), distinct_at_least=2))
-    predict_budget_gib: tuple[float, ...] = knob((80.0,), "budgets (GiB) to predict the frontier for from the fit",
-                                                 ListOf(Number()))
+    predict_budget_gib: tuple[float, ...] = knob(CARD_BUDGETS_GIB, "budgets (GiB) to predict the frontier for from "
+                                                 "the memory fit (docs/oom.md#the-memory-fit)", ListOf(Number()))
 
     def __post_init__(self) -> None:
         check_fields(self, "oom.")

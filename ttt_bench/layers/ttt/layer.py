@@ -110,6 +110,7 @@ class TTTLayer(SequenceMixer):
     """TTT layer: q, k, v views of x per head; an inner learner trained on (k, target) and read at q."""
 
     Config = TTTConfig
+    reference_knobs = {"form": "primal"}  # the mini-batch dual form against its token-by-token primal form
 
     def __init__(self, config: TTTConfig) -> None:
         super().__init__(config)
