@@ -148,6 +148,18 @@ def test_shipped_suites_are_valid_and_quick_covers_every_family():
     assert shipped["oom"].grid["seq_len"] is None
 
 
+
+def test_the_main_job_keeps_its_slow_cells_small():
+    """The README's main job must finish on a slow or busy machine: the token-by-token reference and the N x N
+    attention run only where they take seconds, and the FLOP counters (fvcore traces every step of a loop) only
+    at the smallest N. What those cells cost on 2 cores is in reports/cpu-quick/NOTES.md."""
+    quick = load_suite(SUITES / "quick.toml")
+    ran = [c.cell for c in quick.cells() if c.skip_reason is None]
+    assert max(c.seq_len for c in ran if c.layer.endswith("-primal")) <= 1024
+    assert max(c.seq_len for c in ran if c.layer.startswith("attention-naive")) <= 4096
+    assert quick.settings.count_flops_max_seq_len <= 256
+    assert quick.settings.timeout_s >= 300
+
 # `imports`: a user's module by name or by .py path, relative to the suite file, in the parser and in every worker.
 
 USER_SUITE = """

@@ -204,7 +204,8 @@ COLUMNS: tuple[Column, ...] = (
         ("cpu_count", INT, "count", "logical CPUs of the machine"),
         ("threads", INT, "count", "torch's intra-op threads in the worker"),
         ("cpus_available", INT, "count", "CPUs the worker may run on (its affinity mask)"),
-        ("load_average", FLOAT, "runnable tasks", "the machine's 1-minute load average when the cell started"),
+        ("load_average", FLOAT, "runnable tasks", "the machine's 1-minute load average when the cell started (it "
+         "counts the run's own worker, busy with the cells before)"),
         ("ttt_bench_version", STRING, "", "the installed ttt-bench"),
         ("git_commit", STRING, "", "the ttt-bench checkout's commit ('+dirty' with uncommitted changes)"),
         ("gpu_name", STRING, "", "the CUDA device's name"),
