@@ -158,7 +158,7 @@ def test_a_suite_without_an_oom_table_prints_the_defaults_and_a_line_per_probe(t
     path.write_text('name = "plain"\nlayers = ["linear-attention-causal"]\n[grid]\nd_model = 8\nn_heads = 2\n')
     defaults = OomSettings()
     lines = settings_lines(load_suite(path))
-    assert "every key takes its default" in lines[0]
+    assert "every [oom] key at its default" in lines[0]
     assert f"{defaults.cpu_budget_gib:.4g} GiB of tracked tensor bytes on cpu (cpu_budget_gib: default)" in lines[1]
     assert f"{defaults.measurement} (measurement: default)" in lines[2]
     assert (f"doubling from {defaults.start_seq_len}, within {defaults.min_seq_len} ... {defaults.max_seq_len}"

@@ -281,11 +281,8 @@ def test_a_given_peak_is_drawn_and_named(tmp_path):
     assert "given peak 1.5 TFLOP/s" in text and "dense matmul measured here 0.35 TFLOP/s" in text
 
 
-def test_cli_report_and_its_errors(tmp_path, capsys):
-    results = write_fixture_results(tmp_path / "results")
-    assert main(["report", str(results), "--out", str(tmp_path / "out")]) == 0
-    assert (tmp_path / "out" / "report.html").exists()
-    capsys.readouterr()
+def test_cli_report_of_a_missing_folder_is_one_line(tmp_path, capsys):
+    # A report through the CLI that succeeds: test_report_without_out_writes_beside_the_results_...
     assert main(["report", str(tmp_path / "nothing"), "--out", str(tmp_path / "out2")]) == 2
     error = capsys.readouterr().err
     assert "not a ttt-bench results folder" in error and len(error.strip().splitlines()) == 1
@@ -307,13 +304,12 @@ def test_report_without_out_writes_beside_the_results_never_over_a_committed_rep
     assert f"--out reports/{committed.name}" in printed
 
 
-def test_the_report_is_named_after_the_suite_not_the_folder(tmp_path):
+def test_the_report_is_named_after_the_suite_not_the_folder(report, tmp_path):
+    text = (report / "report.md").read_text()  # from a folder named 'results'
+    assert text.startswith("# ttt-bench report: fixture, fixture-train\n")
+    assert "Suite `fixture" in text and "results`" not in text
     results = write_fixture_results(tmp_path / "some-folder")
     assert default_report_name([results]) == "cpu-fixture"
-    build_report([results], tmp_path / "out")
-    text = (tmp_path / "out" / "report.md").read_text()
-    assert text.startswith("# ttt-bench report: fixture, fixture-train\n")
-    assert "Suite `fixture" in text and "some-folder`" not in text
     # A folder from before rows carried their suite: the name in its suite.toml.
     for path in (results / "cells").glob("*.parquet"):
         frame = pd.read_parquet(path).drop(columns="suite")
