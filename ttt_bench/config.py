@@ -12,6 +12,7 @@ naming the key, the value and what is allowed; the check_* helpers do the same f
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -23,6 +24,14 @@ from ttt_bench.errors import ConfigError
 def not_allowed(key: str, value: Any, why: str) -> str:
     """The one wording of a refused setting: "key 'k': value v is not allowed; <what is allowed>"."""
     return f"key {key!r}: value {value!r} is not allowed; {why}"
+
+
+def did_you_mean(name: str, known: Iterable[str], most: int = 3) -> str:
+    """" (did you mean 'a' or 'b'?)" with the known names closest to a misspelt one; '' when none is close."""
+    close = [repr(match) for match in difflib.get_close_matches(name, list(known), n=most)]
+    if not close:
+        return ""
+    return f" (did you mean {' or '.join([', '.join(close[:-1]), close[-1]] if len(close) > 1 else close)}?)"
 
 
 class Allowed:

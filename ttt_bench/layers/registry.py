@@ -13,7 +13,6 @@ closest names). `register` refuses a class that `build` could not make: one that
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -21,6 +20,7 @@ from typing import Any
 
 from torch import nn
 
+from ttt_bench.config import did_you_mean
 from ttt_bench.errors import ConfigError, UnknownLayerError
 from ttt_bench.layers.base import MixerConfig, SequenceMixer
 
@@ -71,10 +71,7 @@ def variant(name: str) -> Variant:
 
 def unknown_layer(name: str, what: str = "unknown layer") -> UnknownLayerError:
     """The one-line error for a name no variant has: the closest registered names first, then all of them."""
-    close = [repr(close_name) for close_name in difflib.get_close_matches(name, names(), n=3)]
-    alternatives = " or ".join([", ".join(close[:-1]), close[-1]] if len(close) > 1 else close)
-    hint = f" (did you mean {alternatives}?)" if close else ""
-    return UnknownLayerError(f"{what} {name!r}{hint}; registered layers: {', '.join(names())}")
+    return UnknownLayerError(f"{what} {name!r}{did_you_mean(name, names())}; registered layers: {', '.join(names())}")
 
 
 def config(name: str, **overrides: Any):

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import difflib
 import importlib.util
 import os
 from pathlib import Path
 
+from ttt_bench.config import did_you_mean
 from ttt_bench.sweep.schema import SuiteError
 
 
@@ -38,7 +38,5 @@ def resolve_suite_path(given: str) -> Path:
     if match is not None:
         return match
     names = [suite.stem for suite in shipped]
-    close = difflib.get_close_matches(given, names, n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    raise SuiteError(f"{given}: no such suite file, nor a shipped suite of that name; {hint}"
+    raise SuiteError(f"{given}: no such suite file, nor a shipped suite of that name{did_you_mean(given, names, 1)}; "
                      f"shipped suites: {', '.join(names)}")
