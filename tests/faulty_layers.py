@@ -4,6 +4,7 @@ and stating its cost work as for any layer."""
 
 import os
 import signal
+import subprocess
 import time
 
 import torch
@@ -32,6 +33,15 @@ class Segfaults(_Faulty):
 @register("faulty-hangs")
 class Hangs(_Faulty):
     def mix(self, x):
+        time.sleep(3600)
+
+
+@register("faulty-spawns-and-hangs")
+class SpawnsAndHangs(_Faulty):
+    """Starts a child process (`sleep 1000`) and hangs: a timeout or a stop must kill the child too."""
+
+    def mix(self, x):
+        subprocess.Popen(["sleep", "1000"])
         time.sleep(3600)
 
 

@@ -251,6 +251,7 @@ def test_report_of_profiling_only_results_has_no_accuracy_heading_and_says_what_
         path.unlink()
     (tmp_path / "out" / "figures").mkdir(parents=True)
     (tmp_path / "out" / "figures" / "accuracy-vs-flops.png").write_bytes(b"from an earlier report")
+    (tmp_path / "out" / ".ttt-bench-report.json").write_text('{"files": ["figures/accuracy-vs-flops.png"]}')
     build_report([results], tmp_path / "out")
     text = (tmp_path / "out" / "report.md").read_text()
     headings = _headings(text)

@@ -8,11 +8,15 @@ traceback and exit 2, having written nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from ttt_bench import __version__
-from ttt_bench.errors import ConfigError, UnknownLayerError
+from ttt_bench.errors import ConfigError, DiskFullError, UnknownLayerError
 
 
 def _list(args: argparse.Namespace) -> None:
@@ -83,13 +87,14 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from ttt_bench.config import path_inside
     from ttt_bench.results import ResultStore
     from ttt_bench.sweep.parse import load_suite
     from ttt_bench.sweep.runner import run_suite
     from ttt_bench.sweep.shipped import resolve_suite_path
 
     suite = load_suite(resolve_suite_path(args.suite))
-    out = args.out or Path("results") / suite.name
+    out = args.out or path_inside(Path("results"), suite.name)
     if args.dry_run:
         _print_plan(suite, ResultStore(out), args)
         return 0
@@ -148,6 +153,7 @@ def _executor(args: argparse.Namespace):
 def _oom(args: argparse.Namespace) -> None:
     import dataclasses
 
+    from ttt_bench.config import path_inside
     from ttt_bench.sweep.oom import frontier_table, settings_lines
     from ttt_bench.sweep.parse import load_suite
     from ttt_bench.sweep.schema import DEVICE_PATTERN
@@ -160,7 +166,7 @@ def _oom(args: argparse.Namespace) -> None:
         if not DEVICE_PATTERN.fullmatch(args.device):
             raise ConfigError(f"--device {args.device!r} is not allowed; use 'cpu', 'cuda' or 'cuda:<index>'")
         suite = dataclasses.replace(suite, grid={**suite.grid, "device": [args.device]})
-    out = args.out or Path("results") / suite.name
+    out = args.out or path_inside(Path("results"), suite.name)
     print("\n".join(settings_lines(suite)), flush=True)
     table = frontier_table(suite, out, show_progress=not args.quiet)
     columns = ["variant", "status", "max_seq_len", "first_failing_seq_len", "peak_bytes_at_max", "budget_bytes",
@@ -177,16 +183,27 @@ def _report(args: argparse.Namespace) -> None:
     from ttt_bench.report.build import ReportOptions, build_report, default_report_folder, default_report_name
 
     out = args.out or default_report_folder(args.results)
-    page = build_report(args.results, out, ReportOptions(reference=args.reference, peak_tflops=args.peak_tflops))
+    page = build_report(args.results, out, ReportOptions(reference=args.reference, peak_tflops=args.peak_tflops,
+                                                         strict=args.strict))
     print(f"report: {page} (self-contained), {out / 'report.md'}, figures in {out / 'figures'}/")
     if args.out is None:
         print(f"to keep it with the committed reports: --out reports/{default_report_name(args.results)}")
 
 
 def _compare(args: argparse.Namespace) -> int:
+    import traceback
+
     from ttt_bench.report.compare import parse_thresholds, run_compare
 
-    return run_compare(args.a, args.b, parse_thresholds(args.threshold), args.metric or None, args.out)
+    try:
+        return run_compare(args.a, args.b, parse_thresholds(args.threshold), args.metric or None, args.out,
+                           args.strict)
+    except ConfigError:
+        raise
+    except Exception:  # CI reads exit 1 as a regression: a crash must not exit 1
+        traceback.print_exc()
+        print("ttt-bench: error: compare failed (above); this is not a regression verdict", file=sys.stderr)
+        return 2
 
 
 def _gate(args: argparse.Namespace) -> int:
@@ -279,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
                                             "attention-sdpa-causal, attention-sdpa, attention-naive-causal, ...)")
     report.add_argument("--peak-tflops", type=_positive(float),
                         help="a peak TFLOP/s to draw on the throughput figure (GPUs in the datasheet table get theirs)")
+    report.add_argument("--strict", action="store_true",
+                        help="fail (exit 2) on a cell file that cannot be read, instead of skipping it with a warning")
     report.set_defaults(handler=_report)
 
     compare = commands.add_parser("compare", help="two result sets side by side; exit 1 on a regression")
@@ -289,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "e.g. --threshold 0.05 --threshold time_ms=0.5")
     compare.add_argument("--metric", action="append", help="compare only this metric (repeatable)")
     compare.add_argument("--out", type=Path, help="also write the comparison (markdown) here")
+    compare.add_argument("--strict", action="store_true",
+                         help="fail (exit 2) on a cell file that cannot be read, instead of skipping it with a warning")
     compare.set_defaults(handler=_compare)
 
     from ttt_bench.regression.gate import DEFAULT_BASELINE, DEFAULT_RESULTS, TIME_FACTOR
@@ -308,17 +329,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what Slurm, systemd and docker stop send), raised where the run is so that it stops as on Ctrl-C."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops the command as Ctrl-C does (workers killed, finished cells kept); signal handlers can only be
+    set from the main thread, so a main() called from another thread keeps the default."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        _check_out_folder(args)
-        code = args.handler(args)
+        with _sigterm_as_interrupt():
+            _check_out_folder(args)
+            code = args.handler(args)
     except (ConfigError, UnknownLayerError) as err:
         print(f"ttt-bench: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except DiskFullError as err:  # not the user's mistake: exit 1, as a run with unfinished cells
+        print(f"ttt-bench: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as stop:
         print("ttt-bench: interrupted; finished cells are kept, rerun the same command to go on", file=sys.stderr)
-        return 130
+        return 128 + (signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
     return code or 0
 
 

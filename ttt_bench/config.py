@@ -14,8 +14,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ttt_bench.errors import ConfigError
@@ -62,32 +64,56 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+# The largest integer a setting takes unless it declares less: 2**53, the last of the run of integers a float64
+# holds exactly, so a value stays itself in an int64 column, in JSON and in arithmetic with floats.
+LARGEST_INTEGER = 2**53
+
+
+def shown_bound(bound: float) -> str:
+    """A bound as the docs and messages show it: a large power of two as 2**k (2**24, not 16777216)."""
+    if isinstance(bound, float) and bound.is_integer():
+        bound = int(bound)
+    if isinstance(bound, int) and bound >= 2**20 and bound & (bound - 1) == 0:
+        return f"2**{bound.bit_length() - 1}"
+    return f"{bound:g}" if isinstance(bound, float) else str(bound)
+
+
 @dataclass(frozen=True)
 class Integer(Allowed):
+    """An integer in [minimum, maximum]; a float (16.5, or 16.0) or a bool is refused."""
+
     minimum: int
+    maximum: int = LARGEST_INTEGER
 
     def describe(self) -> str:
-        return f"an integer >= {self.minimum}"
+        return f"an integer >= {self.minimum} and <= {shown_bound(self.maximum)}"
 
     def admits(self, value: Any) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool) and value >= self.minimum
+        return isinstance(value, int) and not isinstance(value, bool) and self.minimum <= value <= self.maximum
 
 
 @dataclass(frozen=True)
 class Number(Allowed):
-    """A number in (low, high], or [low, high] with `closed`; stored as a float."""
+    """A finite number in (low, high], or [low, high] with `closed`; stored as a float. Never inf or NaN: an
+    infinite timeout or budget is a crash or a hang later, not a setting."""
 
     low: float = 0.0
     high: float = math.inf
     closed: bool = False
 
     def describe(self) -> str:
-        low = "" if self.low == -math.inf else f" {'>=' if self.closed else '>'} {self.low:g}"
-        high = "" if self.high == math.inf else f" and <= {self.high:g}"
+        low = "" if self.low == -math.inf else f" {'>=' if self.closed else '>'} {shown_bound(self.low)}"
+        high = " and finite" if self.high == math.inf else f" and <= {shown_bound(self.high)}"
         return f"a number{low}{high}"
 
     def admits(self, value: Any) -> bool:
-        if not _is_number(value) or math.isnan(value):
+        if not _is_number(value):
+            return False
+        try:
+            value = float(value)  # an int too large for a float (10**400) is refused, not an OverflowError
+        except OverflowError:
+            return False
+        if not math.isfinite(value):
             return False
         above = value >= self.low if self.closed else value > self.low
         return above and value <= self.high
@@ -128,7 +154,7 @@ class ListOf(Allowed):
 
     def describe(self) -> str:
         distinct = f" with at least {self.distinct_at_least} different values" if self.distinct_at_least else ""
-        return f"a list of {self.item.describe().removeprefix('a ').removeprefix('an ')}s{distinct}"
+        return f"a list{distinct}, each {self.item.describe()}"
 
     def admits(self, value: Any) -> bool:
         return isinstance(value, (list, tuple))
@@ -209,8 +235,8 @@ def check_at_least(owner: str, field: str, value: Any, minimum: float) -> None:
     _check_named(owner, field, value, Number(minimum, closed=True))
 
 
-def check_integer(owner: str, field: str, value: Any, minimum: int) -> None:
-    _check_named(owner, field, value, Integer(minimum))
+def check_integer(owner: str, field: str, value: Any, minimum: int, maximum: int = LARGEST_INTEGER) -> None:
+    _check_named(owner, field, value, Integer(minimum, maximum))
 
 
 def check_positive(owner: str, field: str, value: Any) -> None:
@@ -225,3 +251,38 @@ def check_open_unit(owner: str, field: str, value: Any) -> None:
 def _check_named(owner: str, field: str, value: Any, allowed: Allowed) -> None:
     if not allowed.admits(value):
         raise ConfigError(f"{owner}: {field}={value!r} is not allowed; {allowed.requirement()}")
+
+
+# Names that become paths. A suite's name is one folder's name (results/NAME); a name read from a results folder
+# someone sent is made one before it is used; and a path built from such a name is checked to stay in its folder.
+SLUG_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+SLUG_RULE = (f"a name of letters, digits, '.', '_' and '-' that starts with a letter or digit, at most 100 characters "
+             f"(pattern {SLUG_PATTERN.pattern}): no '/', no '..'")
+
+
+@dataclass(frozen=True)
+class Slug(Allowed):
+    def describe(self) -> str:
+        return SLUG_RULE
+
+    def admits(self, value: Any) -> bool:
+        return isinstance(value, str) and SLUG_PATTERN.fullmatch(value) is not None
+
+
+def slug_of(text: str, fallback: str) -> str:
+    """`text` as a slug: each run of other characters becomes '-', leading and trailing '.', '_', '-' go;
+    `fallback` (a slug) when nothing is left."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("._-")[:100].rstrip("._-")
+    return slug or fallback
+
+
+def path_inside(base: Path, *parts: str) -> Path:
+    """base/parts, refused (ConfigError) when it resolves outside base, symlinks followed: a folder someone sent,
+    or a name from a file, never makes ttt-bench write or delete outside the folder chosen for it."""
+    path = Path(base).joinpath(*parts)
+    resolved, root = path.resolve(), Path(base).resolve()
+    if not resolved.is_relative_to(root):
+        raise ConfigError(f"{path}: it resolves to {resolved}, outside {base}; ttt-bench writes only inside the "
+                          f"folder it was given (a symbolic link or a '..' leads out): remove it or choose another "
+                          f"folder")
+    return path

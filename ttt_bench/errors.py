@@ -11,3 +11,8 @@ class UnknownLayerError(KeyError):
     def __str__(self) -> str:
         # KeyError's own __str__ would print the message quoted, as if it were a key.
         return str(self.args[0])
+
+
+class DiskFullError(Exception):
+    """A results folder's disk (or quota) is full: the CLI prints the one line naming the folder and the space
+    left, and exits 1 (the finished cells are kept; nothing the user wrote was wrong)."""

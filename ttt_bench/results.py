@@ -7,6 +7,7 @@ compare and the CI gate read them, and docs/result-columns.md is generated from 
 
     results/<folder>/
       cells/<config_hash>.parquet   the cell's rows, written whole or not at all, in one fixed schema (SCHEMA)
+      cells/_quarantine/            cell files a run found unreadable, moved aside (their cells run again)
       runs/<run_id>/suite.toml      every run into the folder, kept: the suite file as it was run
       runs/<run_id>/env.json        and the environment it ran in (with the CPUs available and the load)
       env.json                      a copy of the latest run's environment
@@ -16,7 +17,12 @@ compare and the CI gate read them, and docs/result-columns.md is generated from 
 A run that measures something gets a run_id (its UTC start, sortable) and every row it writes carries it, so a
 row's runs/<run_id>/ says which suite file and environment produced it. A file appears by an atomic rename once
 its rows are on disk, so a kill -9 at any moment leaves every finished cell readable and no partial one.
-Rerunning a cell replaces its file: each config hash appears once.
+Rerunning a cell replaces its file: each config hash appears once. Temporary files a kill left behind are
+removed when the next run takes the lock; files are created with the permissions the umask allows.
+A cell file that cannot be read (garbage, truncated, empty) is named in one warning line and skipped; a run moves
+it to cells/_quarantine/ so that its cell is due again, while reading for a report or a comparison leaves the
+folder as it is (or, strict, refuses it). A full disk stops a write with one line naming the folder and the space
+left (DiskFullError).
 Every cell file has the same schema, so `pyarrow.dataset.dataset("<run>/cells")`, DuckDB's
 `read_parquet('<run>/cells/*.parquet')`, polars and `pandas.read_parquet("<run>/cells")` read a folder
 directly; files written before the schema was fixed are conformed to it when ttt-bench loads them.
@@ -25,9 +31,13 @@ directly; files written before the schema was fixed are conformed to it when ttt
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import itertools
 import json
 import os
+import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -39,7 +49,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ttt_bench.errors import ConfigError
+from ttt_bench.errors import ConfigError, DiskFullError
 
 SCHEMA_VERSION = 1  # raise on any change to COLUMNS that an older reader would misread
 SCHEMA_VERSION_KEY = b"ttt_bench.schema_version"  # in each cell file's parquet key-value metadata
@@ -65,6 +75,9 @@ MiB, GiB = 2**20, 2**30
 # A timing whose p80 / p20 is above this is flagged noisy (docs/measurement.md): on an idle machine the calls of
 # one cell stay within a few percent of each other; contention for the cores shows as a spread of 2x or more.
 NOISY_SPREAD = 1.5
+
+QUARANTINE_DIR = "_quarantine"  # under cells/; the '_' keeps pyarrow.dataset and pandas from reading inside it
+CORRUPT_FILE_POLICIES = ("skip", "quarantine", "fail")  # what a store does with a cell file it cannot read
 
 
 @dataclass(frozen=True)
@@ -220,10 +233,14 @@ SCHEMA = pa.schema([pa.field(c.name, c.type) for c in COLUMNS],
                    metadata={SCHEMA_VERSION_KEY: str(SCHEMA_VERSION).encode()})
 
 
+class UnstorableRowsError(ValueError):
+    """A row holds a value its column's type cannot store (an integer past int64, text in a number column)."""
+
+
 def rows_table(rows: list[dict[str, object]]) -> pa.Table:
     """Rows as a table of SCHEMA: undeclared columns, statuses and measurements are refused (a new column is
     declared in COLUMNS first), absent columns are null, ISO timestamps are parsed, 'not available' in a
-    numeric column is null."""
+    numeric column is null. A value its column cannot store raises UnstorableRowsError naming the column."""
     undeclared = sorted({key for row in rows for key in row} - COLUMN.keys())
     if undeclared:
         raise ValueError(f"result columns {undeclared} are not declared; declare each once in ttt_bench/results.py "
@@ -237,11 +254,14 @@ def rows_table(rows: list[dict[str, object]]) -> pa.Table:
 
 
 def _array(column: Column, values: list[object]) -> pa.Array:
-    if pa.types.is_timestamp(column.type):
-        values = [datetime.fromisoformat(v) if isinstance(v, str) else v for v in values]
-    elif column.type != STRING:
-        values = [None if isinstance(v, str) and v == NOT_AVAILABLE else v for v in values]
-    return pa.array(values, type=column.type, from_pandas=True)
+    try:
+        if pa.types.is_timestamp(column.type):
+            values = [datetime.fromisoformat(v) if isinstance(v, str) else v for v in values]
+        elif column.type != STRING:
+            values = [None if isinstance(v, str) and v == NOT_AVAILABLE else v for v in values]
+        return pa.array(values, type=column.type, from_pandas=True)
+    except (OverflowError, TypeError, ValueError, pa.ArrowException) as error:
+        raise UnstorableRowsError(f"column {column.name} ({column.type}) cannot store {_first_line(error)}") from None
 
 
 def conform(table: pa.Table) -> pa.Table:
@@ -263,6 +283,13 @@ class RunLockedError(ConfigError):
     """Another run is writing into the same results folder."""
 
 
+class CorruptCellFileError(ConfigError):
+    """A cell file that cannot be read, met by a strict reader (`ttt-bench report --strict`, `compare --strict`)."""
+
+
+_warned_corrupt: set[tuple[Path, int, int]] = set()  # (file, size, mtime): a file is named once per process
+
+
 @dataclass(frozen=True)
 class StoredCell:
     """What a rerun needs to know of a finished cell, read from its file."""
@@ -274,32 +301,39 @@ class StoredCell:
 
 
 class ResultStore:
-    def __init__(self, root: str | Path) -> None:
+    """A results folder. `corrupt_files` says what reading does with a cell file it cannot read: 'skip' it with a
+    warning (reports and comparisons: a folder someone sent you is not modified), 'quarantine' it (a run: moved
+    to cells/_quarantine/ with a warning, so its cell is due again) or 'fail' (CorruptCellFileError)."""
+
+    def __init__(self, root: str | Path, corrupt_files: str = "skip") -> None:
+        if corrupt_files not in CORRUPT_FILE_POLICIES:
+            raise ValueError(f"corrupt_files {corrupt_files!r} is not one of {list(CORRUPT_FILE_POLICIES)}")
         self.root = Path(root)
         self.cells_dir = self.root / "cells"
         self.runs_dir = self.root / "runs"
+        self.corrupt_files = corrupt_files
 
     def write_cell(self, config_hash: str, rows: list[dict[str, object]]) -> None:
-        """Replace the cell's rows, atomically."""
-        self.cells_dir.mkdir(parents=True, exist_ok=True)
+        """Replace the cell's rows, atomically; rows a column cannot store raise UnstorableRowsError, a full disk
+        DiskFullError, and either leaves the cell's file as it was."""
         table = rows_table(rows)
-        _replace_atomically(self.cells_dir / f"{config_hash}.parquet", lambda file: pq.write_table(table, file))
+        with _disk_full_as_one_line(self.cells_dir):
+            self.cells_dir.mkdir(parents=True, exist_ok=True)
+            _replace_atomically(self.cells_dir / f"{config_hash}.parquet", lambda file: pq.write_table(table, file))
 
     def statuses(self) -> dict[str, str]:
         """config hash -> status of every finished cell."""
         return {config_hash: cell.status for config_hash, cell in self.stored_cells().items()}
 
     def stored_cells(self) -> dict[str, StoredCell]:
-        """config hash -> what the file of every finished cell says of it."""
+        """config hash -> what the file of every finished cell says of it (an unreadable file: not finished)."""
         cells = {}
-        for path in self._cell_files():
-            present = set(pq.read_schema(path).names)
-            wanted = [name for name in ("status", "measurement", "measure_settings", "noisy") if name in present]
-            values = pq.read_table(path, columns=wanted).to_pydict()
-            first = {name: column[0] if column else None for name, column in values.items()}
+        for path, table in self._readable_cells(self._cell_files()):
+            values = table.select(["status", "measurement", "measure_settings", "noisy"]).to_pydict()
+            first = {name: column[0] for name, column in values.items()}
             cells[path.stem] = StoredCell(
-                status=str(first.get("status") or "error"), measurement=first.get("measurement"),
-                measure_settings=first.get("measure_settings"), noisy=any(values.get("noisy") or ()),
+                status=str(first["status"] or "error"), measurement=first["measurement"],
+                measure_settings=first["measure_settings"], noisy=any(values["noisy"]),
             )
         return cells
 
@@ -308,26 +342,59 @@ class ResultStore:
         return {path.stem: path.stat().st_mtime_ns for path in self._cell_files()}
 
     def read_cell(self, config_hash: str) -> pd.DataFrame | None:
-        """The cell's rows, or None when it has not finished."""
+        """The cell's rows, or None when it has not finished (or its file cannot be read)."""
         path = self.cells_dir / f"{config_hash}.parquet"
-        return conform(pq.read_table(path)).to_pandas() if path.exists() else None
+        readable = dict(self._readable_cells([path] if path.exists() else []))
+        return readable[path].to_pandas() if path in readable else None
 
     def load(self) -> pd.DataFrame:
         """Every finished cell's rows, in the order the cells finished, with every declared column."""
         files = sorted(self._cell_files(), key=lambda p: p.stat().st_mtime_ns)
-        tables = [table for table in (conform(pq.read_table(path)) for path in files) if table.num_rows]
+        tables = [table for _, table in self._readable_cells(files)]
         if not tables:
             return SCHEMA.empty_table().to_pandas()
         return pa.concat_tables(tables, promote_options="default").to_pandas()
 
+    def _readable_cells(self, paths: list[Path]) -> Iterator[tuple[Path, pa.Table]]:
+        """(path, table in SCHEMA) of each cell file that reads as one; the others as `corrupt_files` says."""
+        for path in paths:
+            try:
+                table = conform(pq.read_table(path))
+                if not table.num_rows:
+                    raise ValueError("it holds no rows")
+            except (OSError, ValueError, TypeError, pa.ArrowException) as error:
+                # pyarrow's message repeats the path the warning names already
+                self._set_aside(path, _first_line(error).replace(f"Could not open Parquet input source '{path}': ", ""))
+                continue
+            yield path, table
+
+    def _set_aside(self, path: Path, reason: str) -> None:
+        what = f"{path}: not a readable cell file ({reason})"
+        if self.corrupt_files == "fail":
+            raise CorruptCellFileError(f"{what}; without --strict it is skipped with a warning, and a `ttt-bench "
+                                       f"run` into the folder moves it aside and measures its cell again")
+        if self.corrupt_files == "quarantine":
+            target = _free_name(self.cells_dir / QUARANTINE_DIR / path.name)
+            target.parent.mkdir(exist_ok=True)
+            os.replace(path, target)
+            _warn(f"{what}; moved to {target}, its cell runs again")
+            return
+        stat = path.stat()
+        key = (path.resolve(), stat.st_size, stat.st_mtime_ns)
+        if key not in _warned_corrupt:
+            _warned_corrupt.add(key)
+            _warn(f"{what}; skipped (a `ttt-bench run` into this folder moves it to cells/{QUARANTINE_DIR}/ and "
+                  f"measures its cell again; --strict refuses the folder instead)")
+
     def write_run_files(self, env: dict[str, object], suite_text: str) -> str:
         """Keep a run's environment and suite file in runs/<run_id>/ and copy them to the top level (the latest
         run's, which readers use); the new run_id."""
-        run_dir = self._new_run_dir()
         env_text = json.dumps(env, indent=2, default=str) + "\n"
-        for folder in (run_dir, self.root):
-            _replace_atomically(folder / "env.json", lambda file: file.write(env_text.encode()))
-            _replace_atomically(folder / "suite.toml", lambda file: file.write(suite_text.encode()))
+        with _disk_full_as_one_line(self.root):
+            run_dir = self._new_run_dir()
+            for folder in (run_dir, self.root):
+                _replace_atomically(folder / "env.json", lambda file: file.write(env_text.encode()))
+                _replace_atomically(folder / "suite.toml", lambda file: file.write(suite_text.encode()))
         return run_dir.name
 
     def _new_run_dir(self) -> Path:
@@ -343,7 +410,8 @@ class ResultStore:
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Held for a whole run; a second run into the same folder is refused. The kernel drops the lock
-        when its process dies, so a killed run never leaves the folder locked."""
+        when its process dies, so a killed run never leaves the folder locked; the temporary files such a run
+        may have left are removed once the lock is taken (no writer can own them then)."""
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.root / ".lock", "a+") as file:
             try:
@@ -359,21 +427,32 @@ class ResultStore:
             file.truncate()
             file.write(f"pid {os.getpid()}")
             file.flush()
+            self._remove_stale_temporaries()
             try:
                 yield
             finally:
                 fcntl.flock(file, fcntl.LOCK_UN)
 
+    def _remove_stale_temporaries(self) -> None:
+        """The `.<name>.*.tmp` files of _replace_atomically that a kill between their fsync and rename left."""
+        patterns = {self.cells_dir: [".*.parquet.*.tmp"]}
+        for folder in (self.root, *self.runs_dir.glob("*/")):
+            patterns[folder] = [".env.json.*.tmp", ".suite.toml.*.tmp"]
+        for folder, names in patterns.items():
+            for temporary in (path for name in names for path in folder.glob(name)):
+                temporary.unlink(missing_ok=True)
+
     def _cell_files(self) -> list[Path]:
         return list(self.cells_dir.glob("*.parquet")) if self.cells_dir.is_dir() else []
 
 
-def load_results(root: str | Path) -> pd.DataFrame:
-    """The tidy dataframe of a results folder: one row per (cell, measurement)."""
+def load_results(root: str | Path, strict: bool = False) -> pd.DataFrame:
+    """The tidy dataframe of a results folder: one row per (cell, measurement). A cell file that cannot be read
+    is skipped with a warning on stderr (`strict`: CorruptCellFileError); the folder is never modified."""
     root = Path(root)
     if not (root / "cells").is_dir():
         raise ConfigError(f"{root}: not a ttt-bench results folder (it has no cells/); run `ttt-bench run` into it")
-    return ResultStore(root).load()
+    return ResultStore(root, corrupt_files="fail" if strict else "skip").load()
 
 
 def columns_reference() -> str:
@@ -392,14 +471,58 @@ def columns_reference() -> str:
     return "\n".join(lines)
 
 
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+
+
+def _warn(message: str) -> None:
+    print(f"ttt-bench: warning: {message}", file=sys.stderr, flush=True)
+
+
+def _free_name(path: Path) -> Path:
+    """`path`, or `<stem>.<n><suffix>` beside it for the first n not taken: nothing set aside is overwritten."""
+    candidates = (path.with_name(f"{path.stem}.{n}{path.suffix}") for n in itertools.count(1))
+    return path if not path.exists() else next(c for c in candidates if not c.exists())
+
+
+@contextlib.contextmanager
+def _disk_full_as_one_line(folder: Path) -> Iterator[None]:
+    """A write that finds the disk (or the user's quota) full raises DiskFullError naming `folder` and the space
+    left on its disk; whatever was written before stays intact."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        existing = next(p for p in (folder, *folder.parents) if p.exists())
+        free = shutil.disk_usage(existing).free
+        quota = " (or the disk quota is used up)" if error.errno == errno.EDQUOT else ""
+        raise DiskFullError(f"{folder}: the disk is full{quota}, {free / MiB:,.1f} MiB free: the finished cells "
+                            f"are kept; free some space and rerun the same command to go on") from None
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux says it (/proc/self/status; os.umask can only
+    be read by setting it, which races with other threads creating files), else by setting and restoring it."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _replace_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """`write` into a temporary file beside `path`, flush it to disk, then rename it over `path`: a reader
-    (or a run killed at any moment) sees the old file or the new one, never a part."""
+    (or a run killed at any moment) sees the old file or the new one, never a part. The file gets the mode an
+    ordinary open() would give it (0666 less the umask), not mkstemp's private 0600."""
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as file:
             write(file)
             file.flush()
+            os.fchmod(file.fileno(), 0o666 & ~_umask())
             os.fsync(file.fileno())
         os.replace(temporary, path)
     except BaseException:

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ttt_bench.config import check_at_least, knob
+from ttt_bench.config import check_integer, knob
 from ttt_bench.errors import ConfigError
 
 
@@ -22,8 +22,8 @@ class MixerConfig:
 
     def __post_init__(self) -> None:
         name = type(self).__name__
-        check_at_least(name, "d_model", self.d_model, 1)
-        check_at_least(name, "n_heads", self.n_heads, 1)
+        check_integer(name, "d_model", self.d_model, 1)
+        check_integer(name, "n_heads", self.n_heads, 1)
         if self.d_model % self.n_heads:
             raise ConfigError(
                 f"{name}: d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ttt_bench.config import check_at_least, check_choice, knob
+from ttt_bench.config import check_choice, check_integer, knob
 from ttt_bench.layers.base import LayerCost, MixerConfig, SequenceMixer, autograd_backward_macs, projection_macs
 from ttt_bench.layers.chunking import chunk_pairs, from_chunks, to_chunks
 from ttt_bench.layers.registry import register
@@ -70,7 +70,7 @@ class DeltaRuleConfig(MixerConfig):
         name = "delta-rule"
         check_choice(name, "normalize_qk", self.normalize_qk, [True, False])
         check_choice(name, "form", self.form, ["chunked", "recurrent"])
-        check_at_least(name, "chunk_size", self.chunk_size, 1)
+        check_integer(name, "chunk_size", self.chunk_size, 1)
 
 
 @register("delta-rule")

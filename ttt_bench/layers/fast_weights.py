@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ttt_bench.config import check_at_least, check_choice, check_open_unit, check_positive, knob
+from ttt_bench.config import check_choice, check_integer, check_open_unit, check_positive, knob
 from ttt_bench.layers.base import LayerCost, MixerConfig, SequenceMixer, autograd_backward_macs
 from ttt_bench.layers.chunking import from_chunks, to_chunks
 from ttt_bench.layers.linear import linear_attention_macs
@@ -76,7 +76,7 @@ class FastWeightsConfig(MixerConfig):
         check_choice(name, "learn_decay", self.learn_decay, [True, False])
         check_positive(name, "fast_lr", self.fast_lr)
         check_choice(name, "form", self.form, ["chunked", "recurrent"])
-        check_at_least(name, "chunk_size", self.chunk_size, 1)
+        check_integer(name, "chunk_size", self.chunk_size, 1)
 
 
 @register("fast-weights")

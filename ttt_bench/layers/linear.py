@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ttt_bench.config import check_at_least, check_choice, knob
+from ttt_bench.config import check_choice, check_integer, knob
 from ttt_bench.errors import ConfigError
 from ttt_bench.layers.base import LayerCost, MixerConfig, SequenceMixer, autograd_backward_macs, with_ones
 from ttt_bench.layers.chunking import chunk_pairs, from_chunks, to_chunks
@@ -75,7 +75,7 @@ class LinearAttentionConfig(MixerConfig):
         check_choice(name, "normalizer", self.normalizer, ["sum", "count", "none"])
         check_choice(name, "causal", self.causal, [True, False])
         check_choice(name, "form", self.form, ["chunked", "recurrent"])
-        check_at_least(name, "chunk_size", self.chunk_size, 1)
+        check_integer(name, "chunk_size", self.chunk_size, 1)
         if self.normalizer == "sum" and self.feature_map == "identity":
             raise ConfigError(
                 f"{name}: normalizer='sum' with feature_map='identity' is not allowed: q.k can be zero or "

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from ttt_bench.config import path_inside, slug_of
 from ttt_bench.errors import ConfigError
 from ttt_bench.report import figures, frames, frontier, pareto, scaling
 from ttt_bench.report.document import FIGURES_DIR, Document, Section, Table, write_html, write_markdown
+from ttt_bench.report.manifest import ReportFiles
 from ttt_bench.report.palette import palette_of
 from ttt_bench.report.peaks import datasheet_tflops
 from ttt_bench.report.settings import describe_differing, series
@@ -29,18 +31,20 @@ from ttt_bench.results import NOISY_SPREAD, NOT_AVAILABLE, GiB, load_results
 class ReportOptions:
     reference: str | None = None  # the softmax-attention variant crossovers are measured against
     peak_tflops: float | None = None  # a peak to draw on the TFLOP/s figure (say, a CPU's datasheet figure)
+    strict: bool = False  # refuse results with an unreadable cell file instead of skipping it with a warning
 
 
 def build_report(result_dirs: list[Path], out: Path, options: ReportOptions | None = None) -> Path:
     """Write the report of `result_dirs` into `out`; returns the path of report.html."""
     options = options or ReportOptions()
-    frame = pd.concat([load_results(d).assign(results_folder=str(d)) for d in result_dirs], ignore_index=True)
+    frame = pd.concat([load_results(d, options.strict).assign(results_folder=str(d)) for d in result_dirs],
+                      ignore_index=True)
     if frame.empty:
         raise ConfigError(f"{', '.join(map(str, result_dirs))}: no finished cells to report on; run a suite first")
     out.mkdir(parents=True, exist_ok=True)
-    for stale in [*(out / FIGURES_DIR).glob("*.png"), *(out / FIGURES_DIR).glob("*.svg")]:
-        stale.unlink()  # a figure the new results no longer produce must not linger beside the new report
-    writer = _SectionWriter(out / FIGURES_DIR, palette_of(frame))
+    files = ReportFiles(out)
+    files.clear_previous()  # a figure the new results no longer produce must not linger beside the new report
+    writer = _SectionWriter(files, palette_of(frame))
     sections = [_accuracy(writer, frame)]
     profile = frames.profile_rows(frame)
     groups = frames.setting_groups(profile)
@@ -63,20 +67,22 @@ def build_report(result_dirs: list[Path], out: Path, options: ReportOptions | No
     shown = [section for section in sections if section.figures or section.tables]
     absent = [section.caption for section in sections if not (section.figures or section.tables)]
     document = Document(_title(frame, result_dirs), _facts(frame, result_dirs), _suites(result_dirs), shown, absent)
-    write_markdown(document, out / "report.md")
-    write_html(document, out / "report.html")
+    write_markdown(document, files.claim("report.md"))
+    write_html(document, files.claim("report.html"))
     return out / "report.html"
 
 
 class _SectionWriter:
-    """Saves figures under one folder with one palette, and names them."""
+    """Saves figures under the report's figures/ with one palette, and names them."""
 
-    def __init__(self, folder: Path, palette: dict) -> None:
-        self.folder = folder
+    def __init__(self, files: ReportFiles, palette: dict) -> None:
+        self.files = files
         self.palette = palette
 
     def save(self, figure, stem: str) -> str:
-        figures.save_figure(figure, self.folder, stem)
+        for suffix in (".png", ".svg"):
+            self.files.claim(f"{FIGURES_DIR}/{stem}{suffix}")
+        figures.save_figure(figure, self.files.folder / FIGURES_DIR, stem)
         return stem
 
 
@@ -358,13 +364,14 @@ def default_report_name(result_dirs: list[Path]) -> str:
     a100), then the suite's name (the rows' `suite`, else the folder's suite.toml, else the folder's name)."""
     frame = load_results(result_dirs[0]).assign(results_folder=str(result_dirs[0]))
     gpu = str(frame["gpu_name"].dropna().iloc[0]) if frame["gpu_name"].notna().any() else ""
-    return f"{device_slug(gpu)}-{_suite_names(frame, result_dirs[:1])[0]}"
+    # Both parts come from a results folder someone may have sent: made slugs, so the name is one folder's.
+    return f"{slug_of(device_slug(gpu), 'gpu')}-{slug_of(_suite_names(frame, result_dirs[:1])[0], 'results')}"
 
 
 def default_report_folder(result_dirs: list[Path]) -> Path:
     """Where `ttt-bench report` writes without --out: beside the results, so it never overwrites a committed
-    report under reports/."""
-    return result_dirs[0] / "report"
+    report under reports/; refused if a link in the results folder leads it elsewhere."""
+    return path_inside(result_dirs[0], "report")
 
 
 def device_slug(gpu_name: str) -> str:

@@ -244,11 +244,12 @@ def _settings_text(c: Comparison) -> str:
 
 
 def run_compare(dir_a: str | Path, dir_b: str | Path, thresholds: dict[str, float], metrics: list[str] | None,
-                out: Path | None = None) -> int:
-    """Print the comparison (and write it to `out`); 1 when a regression exceeds its threshold, else 0."""
+                out: Path | None = None, strict: bool = False) -> int:
+    """Print the comparison (and write it to `out`); 1 when a regression exceeds its threshold, else 0. An
+    unreadable cell file is skipped with a warning, or with `strict` refused (CorruptCellFileError, exit 2)."""
     frames = []
     for root in (dir_a, dir_b):
-        frame = load_results(root)
+        frame = load_results(root, strict)
         if frame.empty:
             raise ConfigError(f"{root}: the results folder has no finished cells")
         frames.append(frame)

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from ttt_bench.report.tables import html_table, markdown_table
+from ttt_bench.report.tables import html_table, markdown_table, markdown_text
 
 FIGURES_DIR = "figures"
 ABSENT_HEADING = "Not in these results:"
@@ -52,18 +53,38 @@ class Document:
 
 
 def write_markdown(document: Document, path: Path) -> None:
-    lines = [f"# {document.title}", "", "| environment | |", "|---|---|"]
-    lines += [f"| {key} | {value} |" for key, value in document.facts]
+    """Every string escaped (tables.markdown_text): names, environment and messages come from suites and results
+    folders, which someone else may have written."""
+    lines = [f"# {markdown_text(document.title)}", "", "| environment | |", "|---|---|"]
+    lines += [f"| {markdown_text(key)} | {markdown_text(value)} |" for key, value in document.facts]
     for name, text in document.suites:
-        lines += ["", f"Suite `{name}`:", "", "```toml", text.rstrip(), "```"]
+        fence = "`" * max(3, _longest_backtick_run(text) + 1)  # no line of the file can close it
+        lines += ["", f"Suite {_code_span(name)}:", "", f"{fence}toml", text.rstrip(), fence]
     if document.absent:
-        lines += ["", ABSENT_HEADING, "", *(f"- {text}" for text in document.absent)]
+        lines += ["", ABSENT_HEADING, "", *(f"- {_prose(text)}" for text in document.absent)]
     for section in document.sections:
-        lines += ["", f"## {section.title}", "", section.caption, ""]
-        lines += [f"![{section.title}]({FIGURES_DIR}/{stem}.png)\n" for stem in section.figures]
+        lines += ["", f"## {markdown_text(section.title)}", "", _prose(section.caption), ""]
+        lines += [f"![{markdown_text(section.title)}]({FIGURES_DIR}/{stem}.png)\n" for stem in section.figures]
         for table in section.tables:
-            lines += [f"**{table.title}**", "", markdown_table(table.frame), ""]
+            lines += [f"**{markdown_text(table.title)}**", "", markdown_table(table.frame), ""]
     path.write_text("\n".join(lines).rstrip() + "\n")
+
+
+def _longest_backtick_run(text: str) -> int:
+    return max((len(run) for run in re.findall("`+", text)), default=0)
+
+
+def _code_span(text: str) -> str:
+    """`text` as an inline code span (literal in every renderer), delimited by more backticks than it holds."""
+    text = " ".join(text.splitlines())
+    fence = "`" * (_longest_backtick_run(text) + 1)
+    return f"{fence} {text} {fence}" if len(fence) > 1 else f"{fence}{text}{fence}"
+
+
+def _prose(text: str) -> str:
+    """A caption: its `code` spans kept as code, the rest markdown_text (a caption quotes names and folders)."""
+    parts = re.split("`([^`]*)`", text)  # even indices: prose, odd: the spans' contents
+    return "".join(_code_span(part) if index % 2 else markdown_text(part) for index, part in enumerate(parts))
 
 
 def write_html(document: Document, path: Path) -> None:

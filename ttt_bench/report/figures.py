@@ -34,6 +34,12 @@ _SVG_METADATA = {"Date": None, "Creator": None}
 NOISY_FACE = "white"  # a noisy timing's marker is hollow: drawn, but not a result
 
 
+def _literal(text: object) -> str:
+    """`text` drawn as it reads: every `$` escaped, so a name from a suite or a results folder never reaches
+    mathtext (`cost $\\undefinedmacro{x}$` would stop the report). Tick labels of the log axes keep their math."""
+    return str(text).replace("$", r"\$")
+
+
 def _outside_legend(ax, handles, labels) -> None:
     """The panel's legend to the right of its axes, never over the data."""
     ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=6,
@@ -83,12 +89,12 @@ def accuracy_vs_flops(points: pd.DataFrame, palette: Palette) -> Figure:
         for _, row in panel.iterrows():
             style = palette.style(row["series"])
             ax.errorbar(row["flops_per_token"], row["accuracy_mean"], yerr=row["accuracy_sd"], fmt=style.marker,
-                        color=style.colour, capsize=3, markersize=5, label=row["series"])
+                        color=style.colour, capsize=3, markersize=5, label=_literal(row["series"]))
         front = panel[panel["pareto"]].sort_values("flops_per_token")
         ax.plot(front["flops_per_token"], front["accuracy_mean"], drawstyle="steps-post", color="black",
                 linestyle="--", linewidth=1, label="Pareto front")
         _log_axis_with_readable_ticks(ax, panel["flops_per_token"])
-        ax.set_title(f"{task}, N = {seq_len}")
+        ax.set_title(_literal(f"{task}, N = {seq_len}"))
         ax.set_xlabel(label("flops_per_token"))
         ax.set_ylabel("held-out " + label("accuracy"))
     _figure_legend(figure, axes)
@@ -130,7 +136,7 @@ def scaling(points: pd.DataFrame, metric: str, exponents: pd.DataFrame, marks: p
             noisy = ok["noisy"].to_numpy(dtype=bool) if timed else np.zeros(len(ok), dtype=bool)
             ax.plot(ok["seq_len"], ok[metric] * scale, color=style.colour, linestyle=style.linestyle,
                     marker=style.marker, markersize=4, linewidth=1.2, markevery=list(np.flatnonzero(~noisy)),
-                    label=f"{name}  {fitted}".rstrip())
+                    label=_literal(f"{name}  {fitted}".rstrip()))
             if noisy.any():
                 ax.plot(ok["seq_len"][noisy], ok[metric][noisy] * scale, linestyle="none", marker=style.marker,
                         markersize=5, markerfacecolor=NOISY_FACE, markeredgecolor=style.colour, markeredgewidth=1.2)
@@ -161,7 +167,7 @@ def scaling(points: pd.DataFrame, metric: str, exponents: pd.DataFrame, marks: p
                                   markersize=11))
             labels.append("overtakes softmax attention")
         _outside_legend(ax, handles, labels)
-    figure.suptitle(title)
+    figure.suptitle(_literal(title))
     return figure
 
 
@@ -190,7 +196,7 @@ def oom_frontier(table: pd.DataFrame, palette: Palette, title: str) -> Figure:
             ax.plot(row["first_failing_seq_len"], y, marker="|", markersize=14, color="red", markeredgewidth=2)
         if math.isfinite(row["predicted_max_seq_len"]):
             ax.plot(row["predicted_max_seq_len"], y, marker="D", markersize=6, color="black")
-    ax.set_yticks(range(len(table)), table["variant"])
+    ax.set_yticks(range(len(table)), [_literal(variant) for variant in table["variant"]])
     ax.set_ylim(-0.7, len(table) - 0.3)
     ax.set_xscale("log", base=2)
     ax.set_xlabel(label("seq_len"))
@@ -201,7 +207,7 @@ def oom_frontier(table: pd.DataFrame, palette: Palette, title: str) -> Figure:
               ["largest N that fit", "largest N run, none failed (a lower bound)", "first N out of memory",
                "predicted largest N at the budget"], loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
               fontsize=7, frameon=False)
-    ax.set_title(title)
+    ax.set_title(_literal(title))
     return figure
 
 
@@ -215,11 +221,11 @@ def loss_by_position(positions: pd.DataFrame, palette: Palette) -> Figure:
             style = palette.style(name)
             curve = rows.groupby("position_end")["eval_loss_nats"].agg(["mean", "std"]).reset_index()
             ax.plot(curve["position_end"], curve["mean"], marker=style.marker, markersize=3, color=style.colour,
-                    linestyle=style.linestyle, label=name)
+                    linestyle=style.linestyle, label=_literal(name))
             ax.fill_between(curve["position_end"], curve["mean"] - curve["std"].fillna(0),
                             curve["mean"] + curve["std"].fillna(0), color=style.colour, alpha=0.2)
         ax.set_xscale("log", base=2)
-        ax.set_title(f"{task}, N = {seq_len}")
+        ax.set_title(_literal(f"{task}, N = {seq_len}"))
         ax.set_xlabel("position in the window (tokens, end of each doubling bin)")
         ax.set_ylabel(label("eval_loss_nats"))
     _figure_legend(figure, axes)
@@ -239,12 +245,13 @@ def throughput(points: pd.DataFrame, palette: Palette, title: str, ceilings: dic
             noisy = group["noisy"].to_numpy(dtype=bool)
             achieved = achieved_tflops_per_s(group)
             ax.plot(group["seq_len"], achieved, marker=style.marker, markersize=4, color=style.colour,
-                    linestyle=style.linestyle, markevery=list(np.flatnonzero(~noisy)), label=name)
+                    linestyle=style.linestyle, markevery=list(np.flatnonzero(~noisy)), label=_literal(name))
             if noisy.any():
                 ax.plot(group["seq_len"][noisy], achieved[noisy], linestyle="none", marker=style.marker,
                         markersize=5, markerfacecolor=NOISY_FACE, markeredgecolor=style.colour)
         for (name, tflops), line_style in zip(ceilings.items(), ("-", "--")):
-            ax.axhline(tflops, color="black", linestyle=line_style, linewidth=1, label=f"{name}: {tflops:.3g} TFLOP/s")
+            ax.axhline(tflops, color="black", linestyle=line_style, linewidth=1,
+                       label=_literal(f"{name}: {tflops:.3g} TFLOP/s"))
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_title(MEASUREMENT_TITLES[measurement])
@@ -254,5 +261,5 @@ def throughput(points: pd.DataFrame, palette: Palette, title: str, ceilings: dic
         axes[0].plot([], [], marker="o", markerfacecolor=NOISY_FACE, markeredgecolor="grey", linestyle="none",
                      label="noisy timing (hollow)")
     _figure_legend(figure, axes)
-    figure.suptitle(title)
+    figure.suptitle(_literal(title))
     return figure

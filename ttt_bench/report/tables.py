@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 
 import pandas as pd
 
@@ -45,11 +46,24 @@ def shown(frame: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
+# Markdown punctuation that could start a code span, a link, an image or math (GitHub renders $...$), or end a
+# table cell. Emphasis is left alone: harmless, and compare's cells are bold on purpose.
+_MARKDOWN_PUNCTUATION = re.compile(r"([\\`\[\]|$])")
+
+
+def markdown_text(value: object) -> str:
+    """`value` as inert markdown text on one line: HTML's special characters as entities (no tag reaches a
+    renderer that passes HTML through), markdown's punctuation backslash-escaped (no link, image, code span, math
+    or cell break), line breaks as spaces (no line can open a heading, list or fence)."""
+    text = html.escape(str(value), quote=False)
+    return _MARKDOWN_PUNCTUATION.sub(r"\\\1", " ".join(text.splitlines()))
+
+
 def markdown_table(frame: pd.DataFrame) -> str:
-    """A pipe table of `frame` as it is (headings = column names, cells = str of each value; nulls empty)."""
+    """A pipe table of `frame` as it is (headings = column names, cells = str of each value as markdown_text;
+    nulls empty)."""
     def cell(value: object) -> str:
-        text = "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
-        return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+        return "" if value is None or (isinstance(value, float) and math.isnan(value)) else markdown_text(value)
 
     lines = ["| " + " | ".join(cell(column) for column in frame.columns) + " |",
              "|" + "|".join("---" for _ in frame.columns) + "|"]

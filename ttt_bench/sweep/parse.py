@@ -34,11 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from ttt_bench import layers
-from ttt_bench.config import Allowed, Integer, Number, OneOf, not_allowed
+from ttt_bench.config import SLUG_RULE, Allowed, Integer, Number, OneOf, Slug, not_allowed
 from ttt_bench.errors import ConfigError, UnknownLayerError
+from ttt_bench.layers.base import SequenceMixer
 from ttt_bench.layers.registry import unknown_layer
 from ttt_bench.layers.user_modules import import_layer_module
-from ttt_bench.profile.measure import DTYPES, METRICS, first_line
+from ttt_bench.profile.measure import DTYPES, METRICS, analytic_columns, first_line
 from ttt_bench.sweep.plan import LayerEntry, Suite, TaskEntry
 from ttt_bench.sweep.rules import check_rule
 from ttt_bench.sweep.schema import (
@@ -68,13 +69,19 @@ def load_suite(path: str | Path) -> Suite:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise SuiteError(f"{path}: not valid TOML: {error}") from None
+    except RecursionError:  # tomllib reads nested arrays and tables recursively
+        raise SuiteError(f"{path}: not valid TOML: nested too deeply (arrays or inline tables inside one another "
+                         f"more than Python's recursion limit allows)") from None
     return parse_suite(data, path, text)
 
 
 def parse_suite(data: dict, path: Path, text: str = "") -> Suite:
     check = Checker(path)
     check.keys("", data, tuple(TOP_LEVEL_KEYS))
-    name = check.string("name", data.get("name", path.stem))
+    if "name" not in data and not Slug().admits(path.stem):
+        raise SuiteError(f"{path}: key 'name' is missing and the file's name {path.stem!r} (its default) is not "
+                         f"allowed; set 'name' to {SLUG_RULE}")
+    name = check.check("name", data.get("name", path.stem), Slug())  # results/NAME: one folder, never a path
     description = check.string("description", data.get("description", ""))
     imports = _parse_imports(check, data.get("imports", []))
     task_entries = _parse_tasks(check, data.get("tasks", []))
@@ -97,7 +104,9 @@ def parse_suite(data: dict, path: Path, text: str = "") -> Suite:
     entries = _parse_layers(check, data.get("layers"))
     for entry in entries:
         for d_model, n_heads in itertools.product(grid["d_model"], grid["n_heads"]):
-            _check_builds(check, entry, d_model, n_heads)
+            layer = _check_builds(check, entry, d_model, n_heads)
+            if grid["seq_len"] is not None:
+                _check_cost_fits(check, entry, layer, max(grid["batch"]), max(grid["seq_len"]))
     settings = _parse_settings(check, "measure", data.get("measure", {}))
     rules = tuple(
         (kind, check_rule(check, f"{kind}[{i}]", rule))
@@ -127,17 +136,35 @@ def _parse_imports(check: Checker, raw: Any) -> tuple[str, ...]:
     return tuple(specs)
 
 
-def _check_builds(check: Checker, entry: LayerEntry, d_model: int, n_heads: int) -> None:
+def _check_builds(check: Checker, entry: LayerEntry, d_model: int, n_heads: int) -> SequenceMixer:
     """Build the variant once at this width, as every cell will: a layer that cannot be built is refused now."""
     where = (f"{check.path}: key {entry.key!r} (layer {entry.layer!r} as {entry.label!r}, d_model={d_model}, "
              f"n_heads={n_heads})")
     try:
-        layers.build(entry.layer, d_model=d_model, n_heads=n_heads, **entry.knobs)
+        return layers.build(entry.layer, d_model=d_model, n_heads=n_heads, **entry.knobs)
     except ConfigError as error:
         raise SuiteError(f"{where}: {error}") from None
     except Exception as error:  # a layer's own code failing to build it: the suite would fail in every cell
         raise SuiteError(f"{where}: it cannot be built ({first_line(error)}); run "
                          f"`ttt-bench check` on its module to see which part of the layer contract it breaks") from None
+
+
+INT64_MAX = 2**63 - 1  # the largest value of an int64 result column
+
+
+def _check_cost_fits(check: Checker, entry: LayerEntry, layer: SequenceMixer, batch: int, seq_len: int) -> None:
+    """The analytic cost columns are int64: a grid whose largest cell's cost does not fit one is refused now, not
+    when that cell's row cannot be written (attention's work grows as N**2, so axis bounds alone cannot keep it)."""
+    where = (f"{check.path}: key {entry.key!r} (layer {entry.layer!r} as {entry.label!r}, batch={batch}, "
+             f"seq_len={seq_len}, d_model={layer.config.d_model})")
+    try:
+        columns = analytic_columns(layer.cost(batch, seq_len))
+    except Exception as error:  # a layer's own cost formula failing: every cell's row would lack its cost
+        raise SuiteError(f"{where}: its cost cannot be computed ({first_line(error)})") from None
+    column, value = max(((c, v) for c, v in columns.items() if isinstance(v, int)), key=lambda item: item[1])
+    if value > INT64_MAX:
+        raise SuiteError(f"{where}: its {column} would be about 2**{value.bit_length() - 1}, more than an int64 "
+                         f"result column holds (2**63 - 1); lower grid.seq_len or grid.batch")
 
 
 class Checker:
@@ -202,7 +229,7 @@ def _parse_grid(check: Checker, table: Any) -> dict[str, list]:
                 if not isinstance(value, str) or not DEVICE_PATTERN.fullmatch(value):
                     raise check.fail(key, value, "use 'cpu', 'cuda' or 'cuda:<index>'")
             else:
-                check.integer(key, value, 0 if axis == "seed" else 1)
+                check.check(key, value, spec.allowed)
         if len(set(map(str, values))) != len(values):
             raise check.fail(f"grid.{axis}", values, "each value may appear once")
         grid[axis] = values

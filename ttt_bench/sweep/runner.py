@@ -3,9 +3,12 @@
 What a worker does with a cell, profile or train it, is in ttt_bench.sweep.cell; this module only supervises.
 
 One worker process per device measures cells one after another. An exception inside a cell comes back
-as a row with its status (measure_cell never raises); a worker that dies (a segfault, the kernel's
-out-of-memory killer) or gives no result within the cell's timeout is killed and replaced, and the
-cell is recorded as 'error' or 'timeout' with what happened. Finished cells are skipped on a rerun.
+as a row with its status (measure_cell never raises); a worker that dies (a segfault, a SIGKILL) or gives no
+result within the cell's timeout is killed and replaced, and the cell is recorded as 'error' or 'timeout' with
+what happened. Finished cells are skipped on a rerun.
+
+A worker leads its own process group, which is killed whole on a timeout or a stop, so processes a cell started
+die with it; and it kills that group when its parent dies (SIGKILLed included), so a dead run leaves nothing behind.
 
 A run never blends settings: into a folder whose cells were all measured with other [measure] settings it is
 refused (BlendedSettingsError) unless `add` is given. Before it starts it warns when the suite's threads
@@ -14,10 +17,13 @@ exceed the cores that the machine's load leaves free; every row carries the load
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import dataclasses
 import json
 import math
 import multiprocessing
+import os
 import signal
 import sys
 import threading
@@ -47,6 +53,8 @@ from ttt_bench.sweep.schema import SuiteError
 
 READY = "ready"
 WORKER_START_TIMEOUT_S = 300
+PARENT_WATCH_INTERVAL_S = 0.5
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class BlendedSettingsError(ConfigError):
@@ -157,9 +165,10 @@ def run_suite(
     """Run what is missing of `suite` into `out`; refused while another run writes there, and (unless `add`)
     into a folder whose cells were measured with other [measure] settings. A run with something to do is
     recorded under runs/<run_id>/ and its rows carry the run_id."""
+    refuse_while_a_worker_imports_the_script()
     cells = suite.cells()
     check_devices(cells)
-    store = ResultStore(out)
+    store = ResultStore(out, corrupt_files="quarantine")
     run_id = None
     with store.lock():
         if not add:
@@ -180,6 +189,16 @@ def run_suite(
     final = Counter(statuses.get(cell.config_hash, "missing") for cell in cells)
     return RunSummary(total=len(cells), already_done=len(cells) - len(pending), ran=len(pending),
                       statuses=dict(ran), suite_statuses=dict(final), run_id=run_id)
+
+
+def refuse_while_a_worker_imports_the_script() -> None:
+    """A worker started by spawn imports the main script again; a script that calls run_suite without the
+    `if __name__ == "__main__":` guard would run the suite once more in there (and be refused by its own lock).
+    Exit that worker with one line; its parent then says the same (WorkerStartError)."""
+    # multiprocessing's own check for this state (Process.start refusing to run while the main module imports).
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise SystemExit("ttt-bench: error: a worker process, importing the script again, reached run_suite: put the "
+                         "call under `if __name__ == \"__main__\":` (workers are started with multiprocessing's spawn)")
 
 
 def check_devices(cells: list[PlannedCell]) -> None:
@@ -223,8 +242,7 @@ def run_on_worker(cells: list[PlannedCell], store: ResultStore, progress: Progre
         for cell in cells:
             progress.start(cell.describe())
             start = time.perf_counter()
-            rows = worker.run(cell)
-            store.write_cell(cell.config_hash, rows)
+            rows = write_rows(store, cell, worker.run(cell))
             statuses.append(str(rows[0]["status"]))
             progress.finish(cell.describe(), statuses[-1], time.perf_counter() - start)
     return statuses
@@ -279,17 +297,29 @@ class Worker:
 
     def _start(self) -> None:
         parent, child = self._context.Pipe()
-        self._process = self._context.Process(target=_worker_main, args=(child,), daemon=True)
+        self._process = self._context.Process(target=_worker_main, args=(child, os.getpid()), daemon=True)
         self._process.start()
         child.close()
         self._connection = parent
         # The start (a fresh interpreter importing torch) must not count against the first cell's timeout.
-        if not parent.poll(WORKER_START_TIMEOUT_S) or parent.recv() != READY:
+        if not parent.poll(WORKER_START_TIMEOUT_S):
             self._kill()
-            raise RuntimeError(f"the worker process did not start within {WORKER_START_TIMEOUT_S} s")
+            raise WorkerStartError(f"the worker process did not start within {WORKER_START_TIMEOUT_S} s")
+        try:
+            parent.recv()
+        except (EOFError, OSError):
+            self._process.join(timeout=5)
+            message = describe_exit(self._process.exitcode, before="it was ready")
+            self._kill()
+            raise WorkerStartError(
+                f"{message}, while starting (its own error, if it printed one, is above); a script that calls "
+                f"run_suite needs the call under `if __name__ == \"__main__\":`, because workers are started with "
+                f"multiprocessing's spawn, which imports the script again"
+            ) from None
 
     def _kill(self) -> None:
         if self._process is not None:
+            _kill_group(self._process.pid)
             if self._process.is_alive():
                 self._process.kill()
             self._process.join(timeout=10)
@@ -299,17 +329,36 @@ class Worker:
             self._connection = None
 
 
-def describe_exit(exitcode: int | None) -> str:
+class WorkerStartError(RuntimeError):
+    """The worker process died or hung before it was ready to take a cell."""
+
+
+def _kill_group(pgid: int | None) -> None:
+    """SIGKILL the worker's process group (its id is the worker's pid) with whatever a cell started in it; nothing
+    where there is no such group (the worker had not made it yet, or it is gone) or no process groups (Windows)."""
+    if pgid is None or not hasattr(os, "killpg"):
+        return
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def describe_exit(exitcode: int | None, before: str = "returning a result") -> str:
+    """What a worker's exit code tells, and no more: a SIGKILL comes from outside the worker, but not saying whom."""
     if exitcode is not None and exitcode < 0:
-        name = signal.Signals(-exitcode).name
-        hint = " (the kernel's out-of-memory killer sends SIGKILL)" if name == "SIGKILL" else ""
-        return f"the worker process died from signal {name}{hint}"
-    return f"the worker process exited with code {exitcode} before returning a result"
+        signum = signal.Signals(-exitcode)
+        if signum == signal.SIGKILL:
+            return (f"the worker process was killed by signal {signum.value} ({signum.name}) from outside it: the "
+                    f"kernel's out-of-memory killer sends it, so do people and schedulers; nothing here says which")
+        return f"the worker process died from signal {signum.value} ({signum.name})"
+    return f"the worker process exited with code {exitcode} before {before}"
 
 
-def _worker_main(connection: Connection) -> None:
-    # Ctrl-C goes to the whole process group; the parent decides what happens to the worker.
+def _worker_main(connection: Connection, parent_pid: int) -> None:
+    # Ctrl-C goes to the terminal's process group; the parent decides what happens to the worker.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _lead_own_group_and_die_with(parent_pid)
     # Imported here, before the first cell's timeout starts: the memory tracker's dynamo and the FLOP counter.
     import fvcore.nn  # noqa: F401
     import torch._dynamo  # noqa: F401
@@ -323,6 +372,49 @@ def _worker_main(connection: Connection) -> None:
         if cell is None:
             return
         connection.send(measure_planned_cell(cell))
+
+
+def _lead_own_group_and_die_with(parent_pid: int) -> None:
+    """In the worker: lead a process group of its own (what the parent kills on a timeout or a stop, so processes a
+    cell starts die too), and kill that group when the parent dies: on Linux the kernel's parent-death signal
+    (SIGHUP here), and on every OS a thread that sees the parent change (it also covers a parent that died before
+    the signal was asked for, and a main thread that cannot run a signal handler while it is inside a C call)."""
+    if hasattr(os, "setsid"):
+        os.setsid()
+    if sys.platform.startswith("linux"):
+        signal.signal(signal.SIGHUP, _kill_own_group)
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGHUP), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the watching thread still covers it
+    # PR_SET_PDEATHSIG fires when the parent's thread that started this process ends; that thread outlives the Worker.
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(PARENT_WATCH_INTERVAL_S)
+    _kill_own_group()
+
+
+def _kill_own_group(*_signal_args: object) -> None:
+    if hasattr(os, "killpg"):
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+    os._exit(1)
+
+
+def write_rows(store: ResultStore, cell: PlannedCell, rows: list[dict[str, object]]) -> list[dict[str, object]]:
+    """Store the cell's rows; rows the store cannot encode (a value past its column's type) are stored as the cell's
+    'error' rows saying so, and the sweep goes on. The rows stored."""
+    try:
+        store.write_cell(cell.config_hash, rows)
+        return rows
+    except ValueError as error:
+        failed = failure_rows(cell, "error", f"its rows could not be stored: {error}",
+                              rows[0].get("started_at"))
+        store.write_cell(cell.config_hash, failed)
+        return failed
 
 
 def failure_rows(cell: PlannedCell, status: str, message: str, started: str) -> list[dict[str, object]]:

@@ -8,7 +8,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ttt_bench.config import Integer, ListOf, Number, OneOf, Optional, check_fields, declared_fields, knob
+from ttt_bench.config import (
+    Allowed,
+    Integer,
+    ListOf,
+    Number,
+    OneOf,
+    Optional,
+    check_fields,
+    declared_fields,
+    knob,
+)
 from ttt_bench.errors import ConfigError
 from ttt_bench.profile.measure import DTYPES, METRICS, TimingBudget
 from ttt_bench.profile.memory_fit import CARD_BUDGETS_GIB
@@ -29,19 +39,28 @@ DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?")
 class GridAxis:
     default: list | None  # None: no default (seq_len: `run` needs it, `oom` searches it instead)
     doc: str
+    allowed: Allowed | None = None  # what each value of a numeric axis takes; dtype and device are checked by name
 
 
+# Bounds above any real run, low enough that no size derived from them leaves an int64 (B x N x D <= 2**58; a
+# cell's analytic FLOPs are checked against int64 as well, by the parser, since attention's grow as N**2).
+MAX_SEQ_LEN = 2**24  # 16 Mi tokens
+MAX_BATCH = 2**20
+MAX_D_MODEL = 2**14  # the widest models' (16384); the parser builds each layer, and one D x D weight is 1 GiB here
+MAX_SEED = 2**32 - 1  # the widest seed numpy's generators and most tools take
 GRID_AXES = {
-    "seq_len": GridAxis(None, "sequence lengths N (tokens); required by `run`, searched by `oom`"),
-    "batch": GridAxis([1], "batch sizes B (sequences); a training suite's default is [32]"),
-    "d_model": GridAxis([256], "model widths D (features)"),
-    "n_heads": GridAxis([4], "heads H; D must be divisible by H"),
+    "seq_len": GridAxis(None, "sequence lengths N (tokens); required by `run`, searched by `oom`",
+                        Integer(1, MAX_SEQ_LEN)),
+    "batch": GridAxis([1], "batch sizes B (sequences); a training suite's default is [32]", Integer(1, MAX_BATCH)),
+    "d_model": GridAxis([256], "model widths D (features)", Integer(1, MAX_D_MODEL)),
+    "n_heads": GridAxis([4], "heads H; D must be divisible by H", Integer(1, MAX_D_MODEL)),
     "dtype": GridAxis(["float32"], f"parameter and activation dtypes: {', '.join(sorted(DTYPES))}"),
     "device": GridAxis(["cpu"], "'cpu', 'cuda' or 'cuda:<index>'"),
-    "seed": GridAxis([0], "seeds of the initial weights and inputs (and of a training run's data), >= 0"),
+    "seed": GridAxis([0], "seeds of the initial weights and inputs (and of a training run's data)",
+                     Integer(0, MAX_SEED)),
 }
 TRAINING_BATCH = [32]  # grid.batch of a training suite that does not set it
-NUMERIC_AXES = ("seq_len", "batch", "d_model", "n_heads", "seed")
+NUMERIC_AXES = tuple(axis for axis, spec in GRID_AXES.items() if spec.allowed is not None)
 RULE_OPERATORS = ("gt", "ge", "lt", "le")
 
 TOP_LEVEL_KEYS = {
@@ -64,6 +83,13 @@ TOP_LEVEL_KEYS = {
     "oom": "the out-of-memory search of `ttt-bench oom` ([oom], below)",
 }
 LAYER_ENTRY_KEYS = ("name", "label", "knobs", "sweep")
+# A timeout, or a total timing time, beyond a week is no setting but a typo; longer ones also overflow the waits
+# (threading and select refuse a timeout past about 2**63 ns, and inf crashes them).
+MAX_SECONDS = 7 * 24 * 3600.0
+# One CPU thread per core of the largest machines (2 sockets x 256 cores x 2 hardware threads is 1024); more only
+# oversubscribes, and 100000 makes torch start 100000 OpenMP threads. A fixed bound keeps a suite portable.
+MAX_THREADS = 1024
+MAX_GIB = float(2**20)  # 1 PiB: a memory budget beyond any machine, whose bytes (2**50) stay well within int64
 TASK_ENTRY_KEYS = ("name", "label", "options", "sweep")
 
 
@@ -73,16 +99,17 @@ class MeasureSettings:
 
     repeats: int = knob(5, "timed repeats of a call, at least", Integer(1))
     slow_repeats: int = knob(3, "timed repeats, at least, of a call slower than 2 x min_time_s", Integer(1))
-    min_time_s: float = knob(0.5, "timed repeats go on until they add up to this many seconds", Number())
+    min_time_s: float = knob(0.5, "timed repeats go on until they add up to this many seconds",
+                             Number(0.0, MAX_SECONDS))
     threads: int | None = knob(None, "CPU threads (torch.set_num_threads); unset leaves torch's default",
-                               Optional(Integer(1)))
+                               Optional(Integer(1, MAX_THREADS)))
     memory_budget_gib: float | None = knob(
         None, "tracked-bytes budget per cell in GiB; unset: half the free memory on CPU, the card's own on CUDA",
-        Optional(Number()))
+        Optional(Number(0.0, MAX_GIB)))
     count_flops_max_seq_len: int = knob(1024, "count FLOPs with fvcore and FlopCounterMode up to this N (tokens)",
-                                        Integer(0))
+                                        Integer(0, MAX_SEQ_LEN))
     timeout_s: float = knob(900.0, "a cell with no result after this many seconds is recorded as 'timeout'",
-                            Number())
+                            Number(0.0, MAX_SECONDS))
 
     def __post_init__(self) -> None:
         check_fields(self, "measure.")
@@ -99,18 +126,21 @@ class OomSettings:
     """The out-of-memory frontier search ([oom]); see ttt_bench.sweep.oom."""
 
     budget_gib: float | None = knob(None, "the memory budget in GiB on any device; unset: the two below",
-                                    Optional(Number()))
+                                    Optional(Number(0.0, MAX_GIB)))
     budget_fraction: float = knob(1.0, "on CUDA: this fraction of the card's memory", Number(0.0, 1.0))
-    cpu_budget_gib: float = knob(1.0, "on CPU: this many GiB of tracked live tensor bytes", Number())
+    cpu_budget_gib: float = knob(1.0, "on CPU: this many GiB of tracked live tensor bytes",
+                                  Number(0.0, MAX_GIB))
     measurement: str = knob("forward_backward", "the pass whose peak must fit", OneOf(PROFILE_MEASUREMENTS))
     start_seq_len: int = knob(1024, "the doubling starts here (and halves from here if this does not fit)",
-                              Integer(1))
-    min_seq_len: int = knob(16, "give up below this N; the memory fit's lengths are at least this too", Integer(1))
-    max_seq_len: int = knob(2**20, "stop doubling here: the frontier is at least this", Integer(1))
+                              Integer(1, MAX_SEQ_LEN))
+    min_seq_len: int = knob(16, "give up below this N; the memory fit's lengths are at least this too",
+                            Integer(1, MAX_SEQ_LEN))
+    max_seq_len: int = knob(2**20, "stop doubling here: the frontier is at least this", Integer(1, MAX_SEQ_LEN))
     resolution: int = knob(256, "bisect until the fitting and the failing N are this close; N stays a multiple "
-                                "of it", Integer(1))
+                                "of it", Integer(1, MAX_SEQ_LEN))
     predict_budget_gib: tuple[float, ...] = knob(CARD_BUDGETS_GIB, "budgets (GiB) to predict the frontier for from "
-                                                 "the memory fit (docs/oom.md#the-memory-fit)", ListOf(Number()))
+                                                 "the memory fit (docs/oom.md#the-memory-fit)",
+                                                 ListOf(Number(0.0, MAX_GIB)))
 
     def __post_init__(self) -> None:
         check_fields(self, "oom.")
@@ -136,8 +166,9 @@ def reference_markdown() -> str:
              "## Top level", "", "| key | meaning |", "|---|---|"]
     lines += [f"| `{key}` | {doc} |" for key, doc in TOP_LEVEL_KEYS.items()]
     lines += ["", "## [grid]", "", "Each axis is a list, or one value. The cells are the product of the axes.", "",
-              "| key | default | meaning |", "|---|---|---|"]
-    lines += [f"| `{axis}` | {'—' if spec.default is None else _shown(spec.default)} | {spec.doc} |"
+              "| key | default | allowed | meaning |", "|---|---|---|---|"]
+    lines += [f"| `{axis}` | {'—' if spec.default is None else _shown(spec.default)} | "
+              f"{spec.allowed.describe() if spec.allowed else 'see the meaning'} | {spec.doc} |"
               for axis, spec in GRID_AXES.items()]
     for table, cls in SETTINGS_TABLES.items():
         lines += ["", f"## [{table}]", "", (cls.__doc__ or "").strip().splitlines()[0], "",

@@ -155,11 +155,12 @@ def default_mlp_hidden(d_model: int, mlp_ratio: float) -> int:
 class ModelSettings:
     """The backbone around each mixer ([model] in a suite); width and heads are grid axes."""
 
-    n_layers: int = knob(2, "blocks L", Integer(1))
-    mlp_ratio: float = knob(4.0, "MLP hidden width = ratio x D, unless matching parameters", Number())
+    # Bounds above any model trained here that keep its build within memory sizes an int64 counts.
+    n_layers: int = knob(2, "blocks L", Integer(1, 1024))
+    mlp_ratio: float = knob(4.0, "MLP hidden width = ratio x D, unless matching parameters", Number(0.0, 1024.0))
     match_params: str | int | None = knob(
         None, "match every model's parameters to this: a layer of the suite (label or name), a registered layer, "
-              "or a parameter count", Optional(AnyOf((Text(), Integer(1)))))
+              "or a parameter count", Optional(AnyOf((Text(), Integer(1, 2**40)))))
     match_layer: str | None = None  # resolved: the registry name of the layer matched to
     match_knobs: tuple = ()  # resolved: its knobs, as sorted (name, value) pairs
 

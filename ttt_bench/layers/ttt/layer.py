@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ttt_bench.config import check_at_least, check_choice, check_positive, knob
+from ttt_bench.config import check_choice, check_integer, check_positive, knob
 from ttt_bench.errors import ConfigError
 from ttt_bench.layers import attention
 from ttt_bench.layers.base import LayerCost, MixerConfig, SequenceMixer, autograd_backward_macs, projection_macs
@@ -69,8 +69,8 @@ class TTTConfig(MixerConfig):
         check_choice(name, "learner", self.learner, ["linear", "mlp", "kernel"])
         check_choice(name, "reconstruction", self.reconstruction, ["views", "input"])
         check_choice(name, "form", self.form, ["dual", "primal"])
-        check_at_least(name, "mini_batch", self.mini_batch, 1)
-        check_at_least(name, "inner_steps", self.inner_steps, 1)
+        check_integer(name, "mini_batch", self.mini_batch, 1)
+        check_integer(name, "inner_steps", self.inner_steps, 1)
         check_positive(name, "eta_base", self.eta_base)
         for field in ("causal", "inner_sgd", "learn_eta", "eta_over_head_dim", "token_index_scale",
                       "learn_w0", "inner_bias", "ln_residual"):
