@@ -180,14 +180,14 @@ def _oom(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
-    from ttt_bench.report.build import ReportOptions, build_report, default_report_folder, default_report_name
+    from ttt_bench.report.build import ReportOptions, build_report, default_report_folder
 
     out = args.out or default_report_folder(args.results)
-    page = build_report(args.results, out, ReportOptions(reference=args.reference, peak_tflops=args.peak_tflops,
+    built = build_report(args.results, out, ReportOptions(reference=args.reference, peak_tflops=args.peak_tflops,
                                                          strict=args.strict))
-    print(f"report: {page} (self-contained), {out / 'report.md'}, figures in {out / 'figures'}/")
+    print(f"report: {built.page} (self-contained), {out / 'report.md'}, figures in {out / 'figures'}/")
     if args.out is None:
-        print(f"to keep it with the committed reports: --out reports/{default_report_name(args.results)}")
+        print(f"to keep it with the committed reports: --out reports/{built.name}")
 
 
 def _compare(args: argparse.Namespace) -> int:

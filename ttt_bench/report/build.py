@@ -34,8 +34,14 @@ class ReportOptions:
     strict: bool = False  # refuse results with an unreadable cell file instead of skipping it with a warning
 
 
-def build_report(result_dirs: list[Path], out: Path, options: ReportOptions | None = None) -> Path:
-    """Write the report of `result_dirs` into `out`; returns the path of report.html."""
+@dataclass(frozen=True)
+class BuiltReport:
+    page: Path  # report.html
+    name: str  # default_report_name, from the rows the report read (not a second load of the folder)
+
+
+def build_report(result_dirs: list[Path], out: Path, options: ReportOptions | None = None) -> BuiltReport:
+    """Write the report of `result_dirs` into `out`."""
     options = options or ReportOptions()
     frame = pd.concat([load_results(d, options.strict).assign(results_folder=str(d)) for d in result_dirs],
                       ignore_index=True)
@@ -69,7 +75,7 @@ def build_report(result_dirs: list[Path], out: Path, options: ReportOptions | No
     document = Document(_title(frame, result_dirs), _facts(frame, result_dirs), _suites(result_dirs), shown, absent)
     write_markdown(document, files.claim("report.md"))
     write_html(document, files.claim("report.html"))
-    return out / "report.html"
+    return BuiltReport(out / "report.html", _report_name(frame, result_dirs))
 
 
 class _SectionWriter:
@@ -362,7 +368,12 @@ def _suites(result_dirs: list[Path]) -> list[tuple[str, str]]:
 def default_report_name(result_dirs: list[Path]) -> str:
     """<device>-<suite>, the name a committed report takes under reports/: 'cpu' or the GPU's model (h100, h200,
     a100), then the suite's name (the rows' `suite`, else the folder's suite.toml, else the folder's name)."""
-    frame = load_results(result_dirs[0]).assign(results_folder=str(result_dirs[0]))
+    return _report_name(load_results(result_dirs[0]).assign(results_folder=str(result_dirs[0])), result_dirs)
+
+
+def _report_name(frame: pd.DataFrame, result_dirs: list[Path]) -> str:
+    """default_report_name of the rows already loaded (`results_folder` says which folder each came from)."""
+    frame = frame[frame["results_folder"] == str(result_dirs[0])]
     gpu = str(frame["gpu_name"].dropna().iloc[0]) if frame["gpu_name"].notna().any() else ""
     # Both parts come from a results folder someone may have sent: made slugs, so the name is one folder's.
     return f"{slug_of(device_slug(gpu), 'gpu')}-{slug_of(_suite_names(frame, result_dirs[:1])[0], 'results')}"
