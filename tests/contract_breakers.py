@@ -10,6 +10,7 @@ from torch import nn
 
 from ttt_bench.config import knob
 from ttt_bench.layers.base import LayerCost, MixerConfig, SequenceMixer, autograd_backward_macs
+from ttt_bench.layers.state import DecodeState
 
 
 class Sound(SequenceMixer):
@@ -21,6 +22,13 @@ class Sound(SequenceMixer):
     def cost(self, batch: int, seq_len: int) -> LayerCost:
         forward = self.projections_macs(batch, seq_len)
         return LayerCost(batch * seq_len, forward, forward, autograd_backward_macs(forward), None)
+
+    def decode(self, x, state):
+        """Each token on its own: the state only counts the tokens read."""
+        return self.mix(x), DecodeState(tokens=x.shape[1] + (state.tokens if state else 0))
+
+    def decode_state_numel(self, batch: int, context: int) -> int:
+        return 0
 
 
 class DropsAFeature(Sound):
@@ -100,6 +108,14 @@ class ReferenceDisagrees(Sound):
         return super().mix(x) * (1.001 if self.config.form == "loop" else 1.0)
 
 
+class StepsOffByOne(Sound):
+    """Its decoding step reads the output projection of the token it was given times 1.001."""
+
+    def decode(self, x, state):
+        y, state = super().decode(x, state)
+        return (y * 1.001 if x.shape[1] == 1 else y), state
+
+
 @dataclass
 class UndocumentedConfig(MixerConfig):
     scale: float = dataclasses.field(default=1.0)
@@ -121,4 +137,5 @@ CONTRACT_BREAKERS = {
     "flop-counter": (ForgetsTheOutputProjection, "FlopCounterMode counted"),
     "fvcore": (ClaimsFinalStateWork, "fvcore counted"),
     "reference": (ReferenceDisagrees, "returned tensor 0: relative error"),
+    "decode": (StepsOffByOne, "prefill of 1 tokens then 149 steps, against the forward: relative error"),
 }

@@ -66,7 +66,7 @@ def test_the_template_layer_passes_every_check(tmp_path):
     assert set(found) == {(layer, check) for layer in ("my-layer", "my-layer-slow-decay") for check in CHECKS}
     assert all(rest.startswith("passed") for rest in found.values()), done.stdout
     assert "against form='recurrent'" in found["my-layer", "reference"]
-    assert done.stdout.splitlines()[-1] == "2 layers, 20 checks: 20 passed"
+    assert done.stdout.splitlines()[-1] == "2 layers, 22 checks: 22 passed"
 
 
 def test_a_broken_layer_is_named_check_by_check(tmp_path):
@@ -85,7 +85,7 @@ def test_a_broken_layer_is_named_check_by_check(tmp_path):
     assert all(found["my-layer", check].startswith("passed") for check in ("flop-counter", "gradients", "cost"))
     assert {layer for layer, _ in found} == {"my-layer", "half-written"}
     last = done.stdout.splitlines()[-1]
-    assert last.startswith("2 layers, 20 checks: ") and "my-layer causality" in last and "half-written shapes" in last
+    assert last.startswith("2 layers, 22 checks: ") and "my-layer causality" in last and "half-written shapes" in last
 
 
 def test_the_smallest_layer_of_the_docs_passes(sandbox, tmp_path, monkeypatch, capsys):
@@ -94,7 +94,8 @@ def test_the_smallest_layer_of_the_docs_passes(sandbox, tmp_path, monkeypatch, c
     layer_file, elsewhere = user_folders(tmp_path, example, name="window_mean.py")
     monkeypatch.chdir(elsewhere)
     assert main(["check", str(layer_file)]) == 0
-    assert capsys.readouterr().out.splitlines()[-1] == "1 layer, 10 checks: 9 passed, 1 skipped"  # no reference
+    # No reference form and no decode(): those two are skipped.
+    assert capsys.readouterr().out.splitlines()[-1] == "1 layer, 11 checks: 9 passed, 2 skipped"
 
 
 @pytest.mark.parametrize("layer_text, args, named", [

@@ -79,7 +79,7 @@ def test_a_layer_that_does_not_build_gets_no_other_check(scratch_registry):
     results = list(layer_check.run_checks("fails-to-build"))
     assert (results[0].outcome, results[0].detail) == (layer_check.FAILED, "RuntimeError: no weights today")
     assert {result.outcome for result in results[1:]} == {layer_check.NOT_RUN}
-    assert "1 layer, 10 checks: 1 FAILED, 9 not run; failed: fails-to-build build" == layer_check.summary(results)
+    assert "1 layer, 11 checks: 1 FAILED, 10 not run; failed: fails-to-build build" == layer_check.summary(results)
 
 
 def test_unknown_layer_lists_the_registered_ones():

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from checks import RTOL, assert_forms_agree, assert_rel_close
 
+from ttt_bench import layer_check
 from ttt_bench.layers import build
 from ttt_bench.layers.attention import softmax_attention_naive, softmax_attention_sdpa
 from ttt_bench.layers.delta_rule import delta_rule_chunked, delta_rule_recurrent
@@ -80,6 +81,75 @@ def test_delta_rule_chunked_matches_recurrent(dtype, n, chunk):
         inputs,
         RTOL[dtype],
     )
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,chunk", LENGTHS)
+def test_chunked_forms_continue_from_an_initial_state(dtype, n, chunk):
+    """A chunk of a sequence after a decoded prefix: each fast form from W_0 against its reference from W_0, the
+    gradient of W_0 included (the padding in front of the first chunk must not touch W_0, nor decay it)."""
+    inputs = random(11 * n + chunk, n, dtype, scale=0.5)
+    g = torch.Generator().manual_seed(n + 1)
+    inputs["initial_state"] = torch.randn(B, H, D, D, generator=g, dtype=dtype)
+    decay = 0.5 + 0.49 * torch.rand(H, generator=g, dtype=dtype)
+    beta = torch.rand(B, H, n, generator=g, dtype=dtype)
+    pairs = {
+        "linear attention": (
+            lambda q, k, v, initial_state: linear_attention_chunked(q, k, v, True, chunk, initial_state),
+            lambda q, k, v, initial_state: linear_attention_recurrent(q, k, v, True, initial_state),
+        ),
+        "fast weights": (
+            lambda q, k, v, initial_state: fast_weights_chunked(q, k, v, decay, 0.5, chunk, initial_state),
+            lambda q, k, v, initial_state: fast_weights_recurrent(q, k, v, decay, 0.5, initial_state),
+        ),
+        "delta rule": (
+            lambda q, k, v, initial_state: delta_rule_chunked(
+                F.normalize(q, dim=-1), F.normalize(k, dim=-1), v, beta, chunk, initial_state),
+            lambda q, k, v, initial_state: delta_rule_recurrent(
+                F.normalize(q, dim=-1), F.normalize(k, dim=-1), v, beta, initial_state),
+        ),
+    }
+    for fast, reference in pairs.values():
+        assert_forms_agree(fast, reference, inputs, RTOL[dtype])
+
+
+@pytest.mark.parametrize("impl", [softmax_attention_naive, softmax_attention_sdpa])
+@pytest.mark.parametrize("n", [1, 5, 63])
+def test_causal_attention_of_the_last_queries_continues_a_cache(impl, n):
+    """Queries fewer than keys are the last positions: they equal the last rows of the full causal attention."""
+    inputs = random(n, 63, torch.float64)
+    full = softmax_attention_naive(inputs["q"], inputs["k"], inputs["v"], True)
+    last = impl(inputs["q"][..., -n:, :], inputs["k"], inputs["v"], True)
+    assert_rel_close(last, full[..., -n:, :], RTOL[torch.float64], f"{impl.__name__}, the last {n} queries")
+
+
+@pytest.mark.parametrize(
+    "name,overrides",
+    [
+        ("linear-attention-causal", {"chunk_size": 16}),
+        ("linear-attention-causal", {"form": "recurrent", "normalizer": "count"}),
+        ("linear-attention-identity-causal", {"chunk_size": 7}),
+        ("fast-weights-learned-decay", {"chunk_size": 16}),
+        ("fast-weights", {"form": "recurrent"}),
+        ("delta-rule", {"chunk_size": 16}),
+        ("delta-rule", {"form": "recurrent"}),
+    ],
+)
+def test_decoding_from_every_form_and_across_chunks_equals_the_forward(name, overrides):
+    """Prefills that end on and off a chunk boundary, then steps, and a prompt prefilled in three pieces."""
+    layer = layer_check.small(name, **overrides)
+    x = torch.randn(2, 45, layer_check.D_MODEL, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        expected = layer(x)
+        for k in (1, 16, 17, 40):
+            outputs, _ = layer_check._prefill_then_step(layer, x, k)
+            assert_rel_close(torch.cat(outputs, dim=1), expected, RTOL[torch.float64], f"{name}, prefill of {k}")
+        state, outputs = None, []
+        for piece in x.split([3, 20, 22], dim=1):
+            y, state = layer.prefill(piece, state)
+            outputs.append(y)
+        assert_rel_close(torch.cat(outputs, dim=1), expected, RTOL[torch.float64], f"{name}, three pieces")
+        assert state.tokens == 45
 
 
 def test_fast_weights_reference_reads_like_the_equation():

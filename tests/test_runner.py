@@ -30,7 +30,7 @@ from ttt_bench.profile.measure import Cell
 from ttt_bench.results import NOISY_SPREAD, ResultStore, StoredCell, load_results
 from ttt_bench.sweep import runner
 from ttt_bench.sweep.parse import load_suite
-from ttt_bench.sweep.plan import PlannedCell
+from ttt_bench.sweep.plan import DECODE_SETTINGS, PlannedCell
 from ttt_bench.sweep.progress import Progress
 from ttt_bench.sweep.runner import RunSummary, busy_machine_warning, needs_run, run_suite
 from ttt_bench.sweep.schema import MeasureSettings
@@ -302,7 +302,8 @@ def test_rows_say_how_where_and_in_which_run_they_were_measured(tiny_run):
     text = frame.measure_settings.iloc[0]
     settings = json.loads(text)
     assert text == json.dumps(settings, sort_keys=True)
-    assert set(settings) == {f.name for f in fields(MeasureSettings)} - {"timeout_s"}
+    # The decode settings shape decode rows only, and these cells do not decode.
+    assert set(settings) == {f.name for f in fields(MeasureSettings)} - {"timeout_s", *DECODE_SETTINGS}
     as_set = {"repeats": 3, "slow_repeats": 1, "min_time_s": 0.001, "threads": 1, "count_flops_max_seq_len": 0}
     assert {key: settings[key] for key in as_set} == as_set and settings["memory_budget_gib"] is None
 

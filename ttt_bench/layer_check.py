@@ -12,6 +12,9 @@ registry's layers, `ttt-bench check mylayer.py` on a user's (docs/your-layer.md)
     fvcore        the cost's forward MACs (less final-state work) equal fvcore's count of the traced forward
     reference     the fast form equals the reference form its class declares (`reference_knobs`) on outputs and
                   every gradient, float64 to 1e-10 and float32 to 1e-4
+    decode        causal layers: a prefill of k tokens then one step per token equals the forward (float64 to
+                  1e-10) at N = 150 for k on and off a mini-batch or chunk boundary, a prompt prefilled in two
+                  chunks too; the states agree, and the state holds the elements decode_state_numel(batch, N) states
 
 Each check raises ContractViolation saying what was wrong, or CheckSkipped when it does not apply; it returns a
 short note on what it compared. Both counts follow profile/op_policy.py, at N = 1, 37 and 100, within 1%.
@@ -345,6 +348,62 @@ def check_reference(name: str) -> str:
     return f"against {_settings(knobs)}, float64 and float32"
 
 
+DECODE_SEQ_LEN = 150
+# On and off the boundaries of a TTT mini-batch of 16 and of a chunk of 64 (the built-in defaults), and of 4 and 8.
+DECODE_PREFIXES = (1, 16, 17, 64, 65, 129, 149)
+
+
+def check_decode(name: str) -> str:
+    layer = small(name)
+    if not layer.decodes:
+        why = "it is not causal" if not layers.is_causal(name) else "it defines no decode() (docs/your-layer.md)"
+        raise CheckSkipped(f"no decoding: {why}")
+    batch, n = 2, DECODE_SEQ_LEN
+    x = _randn(batch, n, D_MODEL, seed=11)
+    with torch.inference_mode():
+        expected = layer(x)
+        _, whole_state = layer.prefill(x)
+        _check_state_size(layer, whole_state, batch, n)
+        for k in DECODE_PREFIXES:
+            outputs, state = _prefill_then_step(layer, x, k)
+            check_close(torch.cat(outputs, dim=1), expected, RTOL[torch.float64],
+                        f"prefill of {k} tokens then {n - k} steps, against the forward")
+            _check_states_agree(state, whole_state, f"the state after prefill of {k} tokens and {n - k} steps")
+        split = DECODE_PREFIXES[2]
+        first, state = layer.prefill(x[:, :split])
+        rest, state = layer.prefill(x[:, split:], state)
+        check_close(torch.cat([first, rest], dim=1), expected, RTOL[torch.float64],
+                    f"a prompt prefilled in two chunks ({split} + {n - split} tokens)")
+        _check_states_agree(state, whole_state, "the state after a prompt prefilled in two chunks")
+    return f"prefill of k in {DECODE_PREFIXES} tokens then steps to N={n}; state {whole_state.numel:,} elements"
+
+
+def _prefill_then_step(layer, x: torch.Tensor, k: int) -> tuple[list[torch.Tensor], Any]:
+    y, state = layer.prefill(x[:, :k])
+    outputs = [y]
+    for t in range(k, x.shape[1]):
+        y_t, state = layer.step(x[:, t : t + 1], state)
+        outputs.append(y_t)
+    return outputs, state
+
+
+def _check_state_size(layer, state, batch: int, context: int) -> None:
+    if state.tokens != context:
+        raise ContractViolation(f"the state after {context} tokens says it read {state.tokens}")
+    stated = layer.decode_state_numel(batch, context)
+    if state.numel != stated:
+        raise ContractViolation(f"the state after {context} tokens holds {state.numel:,} elements; "
+                                f"decode_state_numel({batch}, {context}) states {stated:,}")
+
+
+def _check_states_agree(actual, expected, what: str) -> None:
+    mine, theirs = actual.tensors(), expected.tensors()
+    if len(mine) != len(theirs):
+        raise ContractViolation(f"{what} holds {len(mine)} tensors; the prefill's holds {len(theirs)}")
+    for i, (a, b) in enumerate(zip(mine, theirs)):
+        check_close(a, b, RTOL[torch.float64], f"{what}, tensor {i}, against a prefill of all the tokens")
+
+
 def _settings(knobs: dict[str, Any]) -> str:
     return ", ".join(f"{key}={value!r}" for key, value in knobs.items())
 
@@ -353,6 +412,7 @@ CHECKS: dict[str, Callable[[str], str]] = {
     "build": check_build, "shapes": check_shapes, "dtypes": check_dtypes, "determinism": check_determinism,
     "gradients": check_gradients, "causality": check_causality, "cost": check_cost,
     "flop-counter": check_flop_counter, "fvcore": check_fvcore, "reference": check_reference,
+    "decode": check_decode,
 }
 
 PASSED, FAILED, SKIPPED, NOT_RUN = "passed", "FAILED", "skipped", "not run"

@@ -51,7 +51,7 @@ import pyarrow.parquet as pq
 
 from ttt_bench.errors import ConfigError, DiskFullError
 
-SCHEMA_VERSION = 1  # raise on any change to COLUMNS that an older reader would misread
+SCHEMA_VERSION = 2  # raise on any change to COLUMNS that an older reader would misread
 SCHEMA_VERSION_KEY = b"ttt_bench.schema_version"  # in each cell file's parquet key-value metadata
 NOT_AVAILABLE = "not available"  # what the environment says of a fact it cannot know (a number's null)
 
@@ -63,10 +63,16 @@ FAILED_STATUSES = (*RETRIABLE_STATUSES, "diverged")
 # Cells that gave no answer at all (oom, skipped and diverged are answers): a run that ends with one exits 1.
 UNFINISHED_STATUSES = ("error", "timeout")
 
-PASSES = ("fwd_bwd", "fwd")  # what a profiling cell times: forward+backward (training) and forward
-MEASUREMENT_OF_PASS = {"fwd_bwd": "forward_backward", "fwd": "forward"}
+PASSES = ("fwd_bwd", "fwd")  # what a profiling cell measures unless its suite asks: forward+backward and forward
+# Inference (docs/measurement.md#inference): the prompt's forward under inference_mode returning the state, and
+# the time of each generated token after it.
+INFERENCE_PASSES = ("prefill", "decode")
+ALL_PASSES = (*PASSES, *INFERENCE_PASSES)
+MEASUREMENT_OF_PASS = {"fwd_bwd": "forward_backward", "fwd": "forward", "prefill": "prefill", "decode": "decode"}
 PASS_OF_MEASUREMENT = {measurement: name for name, measurement in MEASUREMENT_OF_PASS.items()}
-PROFILE_MEASUREMENTS = tuple(MEASUREMENT_OF_PASS[name] for name in PASSES)
+PROFILE_MEASUREMENTS = tuple(MEASUREMENT_OF_PASS[name] for name in ALL_PASSES)
+DEFAULT_MEASUREMENTS = tuple(MEASUREMENT_OF_PASS[name] for name in PASSES)
+BACKENDS = ("eager", "compile")  # how a profiling cell runs its layer: as written, or through torch.compile
 TRAIN_MEASUREMENT = "train"  # a training cell's one summary row
 POSITION_MEASUREMENT = "loss_by_position"  # a per-token task's held-out loss over a bin of positions
 MEASUREMENTS = (*PROFILE_MEASUREMENTS, TRAIN_MEASUREMENT, POSITION_MEASUREMENT)
@@ -124,6 +130,10 @@ COLUMNS: tuple[Column, ...] = (
         ("dtype", STRING, "", "parameter and activation dtype"),
         ("device", STRING, "", "'cpu', 'cuda' or 'cuda:<index>'"),
         ("seed", INT, "", "seeds the initial weights and the inputs (and a training run's data order)"),
+        ("backend", STRING, "", f"profiling cells: how the layer ran, one of {', '.join(BACKENDS)} (torch.compile; "
+         "empty in results written before it was an axis: eager)"),
+        ("amp", pa.bool_(), "", "profiling cells: run under torch.autocast to `dtype` with float32 weights (false: the "
+         "whole layer cast to `dtype`; empty in older results: false)"),
         ("knobs", STRING, "", "the layer's knobs as set by the suite (JSON)"),
         ("task", STRING, "", "training cells: the suite's label for the task"),
         ("task_name", STRING, "", "training cells: the registered task"),
@@ -146,14 +156,15 @@ COLUMNS: tuple[Column, ...] = (
     ),
     *_columns(
         "metric",
-        ("time_ms", FLOAT, "ms", "median wall-clock of one call",
+        ("time_ms", FLOAT, "ms", "median wall-clock of one call (decode rows: of one generated token)",
          {"label": "time (ms)", "compared": True}),
         ("time_p20_ms", FLOAT, "ms", "20th percentile of the timed calls", {"label": "time p20 (ms)"}),
         ("time_p80_ms", FLOAT, "ms", "80th percentile of the timed calls", {"label": "time p80 (ms)"}),
         ("time_repeats", INT, "count", "timed calls"),
         ("time_spread", FLOAT, "ratio", "p80 / p20 of the timed calls: 1 is a steady clock",
          {"label": "spread p80/p20 (ratio)"}),
-        ("tokens_per_s", FLOAT, "tokens/s", "B x N over the median time (training cells: over training)",
+        ("tokens_per_s", FLOAT, "tokens/s", "B x N over the median time (decode rows: B; training cells: over "
+         "training)",
          {"label": "throughput (tokens/s)", "better": "higher"}),
         ("tflops_per_s", FLOAT, "TFLOP/s", "analytic FLOPs over the median time (training cells: over training)",
          {"label": "achieved (TFLOP/s)", "better": "higher"}),
@@ -163,6 +174,16 @@ COLUMNS: tuple[Column, ...] = (
         ("cuda_peak_bytes", INT, "bytes", "torch.cuda.max_memory_allocated during the call",
          {"label": "CUDA peak memory (MiB)", "scale": 1 / MiB, "compared": True, "gate_tolerance": 0.0}),
         ("nvml_used_bytes", INT, "bytes", "the card's used memory (NVML) after the cell"),
+        ("state_bytes", INT, "bytes", "prefill and decode rows: the bytes of the state the layer carries to the next "
+         "token (attention's KV cache; the fast weights and pending mini-batch of a recurrent or TTT layer), measured "
+         "from its tensors after the prompt", {"label": "decode state (MiB)", "scale": 1 / MiB, "deterministic": True,
+                                               "compared": True, "gate_tolerance": 0.0}),
+        ("state_bytes_stated", INT, "bytes", "prefill and decode rows: the state's bytes as the layer states them "
+         "(decode_state_numel x the element size of `dtype`), beside the measured state_bytes"),
+        ("compile_s", FLOAT, "s", "backend 'compile': wall-clock of the pass's first call, which compiles it; kept out "
+         "of the timed calls", {"label": "compile time (s)"}),
+        ("compile_error", FLOAT, "ratio", "backend 'compile': max |compiled - eager| / max |eager| of the pass's "
+         "outputs on the same input, checked before timing"),
         ("memory_budget_bytes", INT, "bytes", "the tracked-bytes budget the cell ran under (empty: none)"),
         ("macs", INT, "MACs", "analytic multiply-accumulates of one call, as executed (dense)",
          {"label": "MACs per call (MACs)", "deterministic": True}),
@@ -270,6 +291,11 @@ def conform(table: pa.Table) -> pa.Table:
     if table.schema.metadata and table.schema.metadata.get(SCHEMA_VERSION_KEY) == str(SCHEMA_VERSION).encode():
         return table
     frame = table.to_pandas()
+    profiled = frame["measurement"].isin(PROFILE_MEASUREMENTS) if "measurement" in frame else False
+    for name, before_the_axis in (("backend", "eager"), ("amp", False)):  # what every older profiling cell ran as
+        if name not in frame:
+            frame[name] = None
+        frame[name] = frame[name].astype(object).where(~(profiled & frame[name].isna()), before_the_axis)
     present = [name for name in SCHEMA.names if name in frame]
     declared = rows_table(frame[present].astype(object).where(frame[present].notna(), None).to_dict("records")
                           if present else [{}] * len(frame))

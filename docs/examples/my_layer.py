@@ -8,8 +8,10 @@ in two forms that compute the same thing:
   S_t = decay S_{t-1} + v_t k_t^T,  o_t = S_t q_t.
 
 Shapes: x: [B, N, D]; per head q, k, v: [B, H, N, d] (d = D / H); the state S: [B, H, d, d].
-Copy the file, rename the layer and its knobs, change mix() and cost(), then run `ttt-bench check my_layer.py`;
-docs/your-layer.md explains each part.
+Decoding (prefill, then one step per generated token) carries S from token to token: decode() and its size,
+decode_state_numel().
+Copy the file, rename the layer and its knobs, change mix(), cost() and decode(), then run
+`ttt-bench check my_layer.py`; docs/your-layer.md explains each part.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 from ttt_bench.config import check_choice, check_open_unit, knob
 from ttt_bench.layers import register
 from ttt_bench.layers.base import LayerCost, MixerConfig, SequenceMixer, autograd_backward_macs
+from ttt_bench.layers.state import DecodeState
 
 
 def decayed_attention_parallel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: float) -> torch.Tensor:
@@ -31,14 +34,22 @@ def decayed_attention_parallel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     return ((q @ k.transpose(-1, -2)) * weights) @ v
 
 
-def decayed_attention_recurrent(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: float) -> torch.Tensor:
-    """Reference: the token loop, S_t = decay S_{t-1} + v_t k_t^T, o_t = S_t q_t."""
-    state = q.new_zeros(*q.shape[:-2], v.shape[-1], k.shape[-1])  # S: [B, H, d, d]
+def decayed_attention_recurrent(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: float,
+                                state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference: the token loop, S_t = decay S_{t-1} + v_t k_t^T, o_t = S_t q_t, from S (zero when None).
+    Returns (o [B, H, N, d], the last S [B, H, d, d])."""
+    if state is None:
+        state = q.new_zeros(*q.shape[:-2], v.shape[-1], k.shape[-1])
     outputs = []
     for q_t, k_t, v_t in zip(q.unbind(-2), k.unbind(-2), v.unbind(-2)):
         state = decay * state + v_t[..., :, None] @ k_t[..., None, :]  # the outer product as a product: it counts
         outputs.append((state @ q_t[..., :, None]).squeeze(-1))
-    return torch.stack(outputs, dim=-2)
+    return torch.stack(outputs, dim=-2), state
+
+
+@dataclass
+class MyLayerState(DecodeState):  # `tokens` (how many were read) comes from DecodeState
+    s: torch.Tensor  # S after the last token read: [B, H, d, d]
 
 
 @dataclass
@@ -60,8 +71,19 @@ class MyLayer(SequenceMixer):
 
     def mix(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.qkv(x)  # [B, H, N, d]; the base class owns the q, k, v and output projections
-        form = decayed_attention_parallel if self.config.form == "parallel" else decayed_attention_recurrent
-        return self.merge_heads_and_project(form(q, k, v, self.config.decay))
+        if self.config.form == "parallel":
+            return self.merge_heads_and_project(decayed_attention_parallel(q, k, v, self.config.decay))
+        return self.merge_heads_and_project(decayed_attention_recurrent(q, k, v, self.config.decay)[0])
+
+    def decode(self, x: torch.Tensor, state: MyLayerState | None) -> tuple[torch.Tensor, MyLayerState]:
+        """Prefill (x: [B, n, D], state None or the state after earlier tokens) and decoding (n = 1) alike: the
+        recurrence from the state. `ttt-bench check` holds its outputs equal to mix()'s."""
+        q, k, v = self.qkv(x)
+        o, s = decayed_attention_recurrent(q, k, v, self.config.decay, None if state is None else state.s)
+        return self.merge_heads_and_project(o), MyLayerState(tokens=x.shape[1] + (state.tokens if state else 0), s=s)
+
+    def decode_state_numel(self, batch: int, context: int) -> int:
+        return batch * self.config.n_heads * self.config.head_dim**2  # S, whatever the context
 
     def cost(self, batch: int, seq_len: int) -> LayerCost:
         cfg = self.config

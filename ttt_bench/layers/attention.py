@@ -4,11 +4,15 @@
 memory); `sdpa` is `torch.nn.functional.scaled_dot_product_attention`, which dispatches to the
 flash / memory-efficient kernels on GPU. The naive form is also the reference the SDPA form is
 tested against. Shapes: q, k, v: [B, H, N, d].
+
+Decoding (causal variants): the state is a KV cache, every key and value read so far ([B, H, t, d] each after
+t tokens), so it grows with the context; each new chunk of queries attends to the cache and to itself.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -17,22 +21,32 @@ import torch.nn.functional as F
 from ttt_bench.config import check_choice, knob
 from ttt_bench.layers.base import LayerCost, MixerConfig, SequenceMixer, autograd_backward_macs
 from ttt_bench.layers.registry import register
+from ttt_bench.layers.state import DecodeState
+
+
+def future_keys(queries: int, keys: int, device: torch.device) -> torch.Tensor:
+    """[n, m] bool, True where key s comes after query t. The n queries sit at the last n of the m key positions
+    (a chunk continuing a KV cache), so query t sees keys s <= m - n + t: the mask is aligned bottom-right."""
+    return torch.ones(queries, keys, dtype=torch.bool, device=device).triu(1 + keys - queries)
 
 
 def softmax_attention_naive(q, k, v, causal: bool, scale: float | None = None) -> torch.Tensor:
-    """softmax(scale Q K^T [+ causal mask]) V with the score matrix [B, H, N, N] materialised."""
+    """softmax(scale Q K^T [+ causal mask]) V with the score matrix [B, H, n, m] materialised; q: [B, H, n, d],
+    k, v: [B, H, m, d], m >= n when causal (the queries are the last n positions)."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     scores = (q @ k.transpose(-1, -2)) * scale
     if causal:
-        n = q.shape[-2]
-        future = torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1)
-        scores = scores.masked_fill(future, -math.inf)
+        scores = scores.masked_fill(future_keys(q.shape[-2], k.shape[-2], q.device), -math.inf)
     return scores.softmax(dim=-1) @ v
 
 
 def softmax_attention_sdpa(q, k, v, causal: bool, scale: float | None = None) -> torch.Tensor:
     """The same function through PyTorch's fused kernel (no N x N tensor on the flash / efficient paths)."""
-    return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+    if not causal or q.shape[-2] == k.shape[-2]:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+    # is_causal aligns its mask top-left (query t sees keys s <= t), wrong for queries that continue a cache.
+    keep = ~future_keys(q.shape[-2], k.shape[-2], q.device)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=keep, scale=scale)
 
 
 def attention_macs(batch: int, heads: int, seq_len: int, head_dim: int, causal: bool) -> tuple[int, int]:
@@ -61,6 +75,24 @@ class AttentionConfig(MixerConfig):
         check_choice("attention", "causal", self.causal, [True, False])
 
 
+@dataclass
+class KVCache(DecodeState):
+    """Every key and value read so far: keys, values: [B, H, tokens, d]."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+
+    @staticmethod
+    def extend(cache: KVCache | None, keys: torch.Tensor, values: torch.Tensor) -> KVCache:
+        """A new cache holding `cache`'s keys and values (None: none yet) followed by keys, values: [B, H, n, d];
+        `cache` is left as it was, for a caller that keeps it."""
+        if cache is None:
+            # Copies of the projections' views, which would otherwise keep the whole q, k, v buffer alive.
+            return KVCache(keys.shape[-2], keys.contiguous(), values.contiguous())
+        return KVCache(cache.tokens + keys.shape[-2], torch.cat([cache.keys, keys], dim=-2),
+                       torch.cat([cache.values, values], dim=-2))
+
+
 @register("attention-naive", impl="naive")
 @register("attention-naive-causal", impl="naive", causal=True)
 @register("attention-sdpa", impl="sdpa")
@@ -73,8 +105,21 @@ class SoftmaxAttention(SequenceMixer):
 
     def mix(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.qkv(x)
-        attend = softmax_attention_naive if self.config.impl == "naive" else softmax_attention_sdpa
-        return self.merge_heads_and_project(attend(q, k, v, self.config.causal))
+        return self.merge_heads_and_project(self.attend(q, k, v, self.config.causal))
+
+    @property
+    def attend(self) -> Callable[..., torch.Tensor]:
+        return softmax_attention_naive if self.config.impl == "naive" else softmax_attention_sdpa
+
+    def decode(self, x: torch.Tensor, state: KVCache | None) -> tuple[torch.Tensor, KVCache]:
+        q, k, v = self.qkv(x)
+        cache = KVCache.extend(state, k, v)
+        # One query sees the whole cache: no mask to build.
+        o = self.attend(q, cache.keys, cache.values, causal=x.shape[1] > 1)
+        return self.merge_heads_and_project(o), cache
+
+    def decode_state_numel(self, batch: int, context: int) -> int:
+        return 2 * batch * context * self.config.d_model  # keys and values, H x d = D per token each
 
     def cost(self, batch: int, seq_len: int) -> LayerCost:
         cfg = self.config

@@ -5,6 +5,7 @@ Shapes: x: [B, N, D] (batch, sequence length, model width); per head q, k, v: [B
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -13,6 +14,7 @@ from torch import nn
 
 from ttt_bench.config import check_integer, knob
 from ttt_bench.errors import ConfigError
+from ttt_bench.layers.state import DecodeState
 
 
 @dataclass
@@ -134,6 +136,48 @@ class SequenceMixer(nn.Module):
 
     def cost(self, batch: int, seq_len: int) -> LayerCost:
         raise NotImplementedError
+
+    def prefill(self, x: torch.Tensor, state: DecodeState | None = None) -> tuple[torch.Tensor, DecodeState]:
+        """Inference over a prompt: x: [B, N, D] -> (y [B, N, D], the state after its last token), continuing from
+        `state` when given, so a long context can be prefilled chunk by chunk. y equals forward's outputs."""
+        self.check_input(x)
+        self._check_decodes()
+        return self.decode(x, state)
+
+    def step(self, x_t: torch.Tensor, state: DecodeState) -> tuple[torch.Tensor, DecodeState]:
+        """One generated token: x_t: [B, 1, D] -> (y_t [B, 1, D], the state after it)."""
+        self.check_input(x_t)
+        if x_t.shape[1] != 1:
+            raise ValueError(f"{type(self).__name__}.step takes one token, x_t: [B, 1, D]; got shape {list(x_t.shape)} "
+                             f"(prefill takes a sequence)")
+        self._check_decodes()
+        return self.decode(x_t, state)
+
+    def decode(self, x: torch.Tensor, state: DecodeState | None) -> tuple[torch.Tensor, DecodeState]:
+        """The layer's causal recurrence on x: [B, n, D] from `state` (None: before the first token) -> (y, state).
+        A causal layer that can decode defines this and `decode_state_numel`; n = 1 is a decoding step."""
+        raise NotImplementedError
+
+    def decode_state_numel(self, batch: int, context: int) -> int:
+        """Elements of the state after `context` tokens: attention's KV cache grows with it, a recurrent state
+        does not. The tests hold it equal to the measured state's `numel`."""
+        raise NotImplementedError
+
+    @property
+    def decodes(self) -> bool:
+        """Causal, with a step API: the layer can prefill a prompt and then decode token by token."""
+        return bool(getattr(self.config, "causal", True)) and type(self).decode is not SequenceMixer.decode
+
+    def _check_decodes(self) -> None:
+        if not self.decodes:
+            why = "it is not causal" if not getattr(self.config, "causal", True) else "it defines no decode()"
+            raise NotImplementedError(f"{type(self).__name__} cannot decode token by token: {why}")
+
+    def compile_forms(self, **options: Any) -> dict[str, Callable]:
+        """backend = 'compile': {'forward': like forward, 'decode': like decode} compiled by torch.compile. By
+        default each is compiled whole; a layer whose forms loop in Python over mini-batches overrides this to
+        compile one step of the loop instead (compiling the loop unrolls it into the graph)."""
+        return {"forward": torch.compile(self, **options), "decode": torch.compile(self.decode, **options)}
 
     def check_input(self, x: torch.Tensor) -> None:
         d_model = self.config.d_model

@@ -8,6 +8,8 @@ Forms: `recurrent` (the reference: a loop over tokens) and `chunked` (the fast f
 et al. 2024): the chunk's pseudo-values U solve the unit lower-triangular system
 (I + tril_strict(diag(beta) K K^T)) U = diag(beta) (V - K S), then O = Q S + tril(Q K^T) U and
 S' = S + K^T U. Shapes: q, k: [B, H, N, d]; v: [B, H, N, e].
+
+Decoding: the state is W_t = S_t^T: [B, H, d, e], the same size at any context.
 """
 
 from __future__ import annotations
@@ -19,14 +21,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from ttt_bench.config import check_choice, check_integer, knob
-from ttt_bench.layers.base import LayerCost, MixerConfig, SequenceMixer, autograd_backward_macs, projection_macs
+from ttt_bench.layers.base import LayerCost, MixerConfig, autograd_backward_macs, projection_macs
 from ttt_bench.layers.chunking import chunk_pairs, from_chunks, to_chunks
+from ttt_bench.layers.linear import MatrixStateMixer
 from ttt_bench.layers.registry import register
+from ttt_bench.layers.state import DecodeState
 
 
-def delta_rule_recurrent(q, k, v, beta):
-    """Reference: (o [B, H, N, e], final W = S_N^T [B, H, d, e]); beta: [B, H, N]."""
-    state = q.new_zeros(*q.shape[:-2], v.shape[-1], q.shape[-1])  # S: [B, H, e, d]
+def delta_rule_recurrent(q, k, v, beta, initial_state: torch.Tensor | None = None):
+    """Reference: (o [B, H, N, e], final W = S_N^T [B, H, d, e]) from W_0 = initial_state ([B, H, d, e]; None:
+    zeros); beta: [B, H, N]."""
+    if initial_state is None:
+        state = q.new_zeros(*q.shape[:-2], v.shape[-1], q.shape[-1])  # S: [B, H, e, d]
+    else:
+        state = initial_state.transpose(-1, -2)
     outputs = []
     for q_t, k_t, v_t, beta_t in zip(q.unbind(-2), k.unbind(-2), v.unbind(-2), beta.unbind(-1)):
         error = (state @ k_t[..., :, None]).squeeze(-1) - v_t  # S k_t - v_t: [B, H, e]
@@ -35,19 +43,26 @@ def delta_rule_recurrent(q, k, v, beta):
     return torch.stack(outputs, dim=-2), state.transpose(-1, -2)
 
 
-def delta_rule_chunked(q, k, v, beta, chunk_size: int):
-    """Fast form of `delta_rule_recurrent`. The triangular solves of all chunks run at once (they do not
-    depend on the state); the loop over chunks then takes two small matmuls each."""
+def delta_rule_chunked(q, k, v, beta, chunk_size: int, initial_state: torch.Tensor | None = None):
+    """Fast form of `delta_rule_recurrent`, same arguments and returns. The triangular solves of all chunks run
+    at once (they do not depend on the state); the loop over chunks then takes two small matmuls each."""
     n, e = q.shape[-2], v.shape[-1]
     q_c, k_c, v_c = (to_chunks(x, chunk_size) for x in (q, k, v))  # [B, H, M, C, .]
     beta_c = to_chunks(beta[..., None], chunk_size)  # [B, H, M, C, 1]; padding writes with strength 0
     keys_gram = k_c @ k_c.transpose(-1, -2)
     system = torch.eye(chunk_size, dtype=q.dtype, device=q.device) + (beta_c * keys_gram).tril(-1)
+    rhs = torch.cat([beta_c * v_c, beta_c * k_c], dim=-1)
+    # The CPU has no triangular solve in bfloat16 or float16 (a cast layer, or autocast's matmuls, give those):
+    # it runs in float32 and its result goes back to the right-hand side's dtype. A no-op in float32 and float64.
+    solve_dtype = torch.promote_types(system.dtype, rhs.dtype)
+    if solve_dtype in (torch.bfloat16, torch.float16):
+        solve_dtype = torch.float32
     solved = torch.linalg.solve_triangular(
-        system, torch.cat([beta_c * v_c, beta_c * k_c], dim=-1), upper=False, unitriangular=True
-    )
+        system.to(solve_dtype), rhs.to(solve_dtype), upper=False, unitriangular=True
+    ).to(rhs.dtype)
     pseudo_values, key_weights = solved.split([e, solved.shape[-1] - e], dim=-1)  # U = U_v - W_k S
-    state = q.new_zeros(*q.shape[:-2], q.shape[-1], e)
+    # The padding in front (zero keys, beta = 0) has zero pseudo-values U, so it leaves any W_0 as it was.
+    state = q.new_zeros(*q.shape[:-2], q.shape[-1], e) if initial_state is None else initial_state
     starts, updates = [], []
     for u_v, w_k, k_m in zip(pseudo_values.unbind(-3), key_weights.unbind(-3), k_c.unbind(-3)):
         u = u_v - w_k @ state
@@ -57,6 +72,15 @@ def delta_rule_chunked(q, k, v, beta, chunk_size: int):
     intra = (q_c @ k_c.transpose(-1, -2)).tril()
     out = q_c @ torch.stack(starts, dim=-3) + intra @ torch.stack(updates, dim=-3)
     return from_chunks(out, n), state
+
+
+def delta_rule_step(q, k, v, beta, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token, the decoding step: q, k: [B, H, 1, d], v: [B, H, 1, e], beta: [B, H, 1], state W: [B, H, d, e]
+    (None: zeros) -> (o = q W' [B, H, 1, e], W' = W - beta k^T (k W - v))."""
+    if state is None:
+        state = q.new_zeros(*q.shape[:-2], q.shape[-1], v.shape[-1])
+    state = state - (beta[..., None] * k).transpose(-1, -2) @ (k @ state - v)
+    return q @ state, state
 
 
 @dataclass
@@ -73,28 +97,39 @@ class DeltaRuleConfig(MixerConfig):
         check_integer(name, "chunk_size", self.chunk_size, 1)
 
 
+@dataclass
+class DeltaRuleState(DecodeState):
+    """weights: W_t = S_t^T: [B, H, d, e]."""
+
+    weights: torch.Tensor
+
+
 @register("delta-rule")
-class DeltaRule(SequenceMixer):
+class DeltaRule(MatrixStateMixer):
     """Delta rule: S_t = S_{t-1} - beta_t (S_{t-1} k_t - v_t) k_t^T with beta_t = sigmoid(theta_beta x_t)."""
 
     Config = DeltaRuleConfig
+    State = DeltaRuleState
     reference_knobs = {"form": "recurrent"}
 
     def __init__(self, config: DeltaRuleConfig) -> None:
         super().__init__(config)
         self.to_beta = nn.Linear(config.d_model, config.n_heads)
 
-    def mix(self, x: torch.Tensor) -> torch.Tensor:
+    def mix_heads(
+        self, x: torch.Tensor, state: DeltaRuleState | None, step: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.config
         q, k, v = self.qkv(x)
         if cfg.normalize_qk:
             q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
         beta = torch.sigmoid(self.to_beta(x)).transpose(1, 2)  # [B, H, N]
+        initial = None if state is None else state.weights
+        if step:
+            return delta_rule_step(q, k, v, beta, initial)
         if cfg.form == "recurrent":
-            o, _ = delta_rule_recurrent(q, k, v, beta)
-        else:
-            o, _ = delta_rule_chunked(q, k, v, beta, cfg.chunk_size)
-        return self.merge_heads_and_project(o)
+            return delta_rule_recurrent(q, k, v, beta, initial)
+        return delta_rule_chunked(q, k, v, beta, cfg.chunk_size, initial)
 
     def cost(self, batch: int, seq_len: int) -> LayerCost:
         cfg = self.config

@@ -6,6 +6,8 @@ o = q W with row vectors). The delta rule, its error-correcting sibling, is in t
 Forms: `recurrent` (the reference: a loop over tokens) and `chunked` (the fast form): within a chunk that
 starts from S, o_i = lambda^(i+1) q_i S + eta sum_{j<=i} lambda^(i-j) (q_i.k_j) v_j.
 Shapes: q, k: [B, H, N, d]; v: [B, H, N, e].
+
+Decoding: the state is W_t = S_t^T: [B, H, d, e], the same size at any context.
 """
 
 from __future__ import annotations
@@ -17,16 +19,21 @@ import torch
 from torch import nn
 
 from ttt_bench.config import check_choice, check_integer, check_open_unit, check_positive, knob
-from ttt_bench.layers.base import LayerCost, MixerConfig, SequenceMixer, autograd_backward_macs
+from ttt_bench.layers.base import LayerCost, MixerConfig, autograd_backward_macs
 from ttt_bench.layers.chunking import from_chunks, to_chunks
-from ttt_bench.layers.linear import linear_attention_macs
+from ttt_bench.layers.linear import MatrixStateMixer, linear_attention_macs
 from ttt_bench.layers.registry import register
+from ttt_bench.layers.state import DecodeState
 
 
-def fast_weights_recurrent(q, k, v, decay, eta: float):
-    """Reference: (o [B, H, N, e], final W = S_N^T [B, H, d, e]); decay: [H] (lambda per head)."""
+def fast_weights_recurrent(q, k, v, decay, eta: float, initial_state: torch.Tensor | None = None):
+    """Reference: (o [B, H, N, e], final W = S_N^T [B, H, d, e]) from W_0 = initial_state ([B, H, d, e]; None:
+    zeros); decay: [H] (lambda per head)."""
     lam = decay[:, None, None]
-    state = q.new_zeros(*q.shape[:-2], v.shape[-1], q.shape[-1])  # S: [B, H, e, d]
+    if initial_state is None:
+        state = q.new_zeros(*q.shape[:-2], v.shape[-1], q.shape[-1])  # S: [B, H, e, d]
+    else:
+        state = initial_state.transpose(-1, -2)
     outputs = []
     for q_t, k_t, v_t in zip(q.unbind(-2), k.unbind(-2), v.unbind(-2)):
         state = lam * state + eta * v_t[..., :, None] * k_t[..., None, :]
@@ -34,9 +41,9 @@ def fast_weights_recurrent(q, k, v, decay, eta: float):
     return torch.stack(outputs, dim=-2), state.transpose(-1, -2)
 
 
-def fast_weights_chunked(q, k, v, decay, eta: float, chunk_size: int):
-    """Fast form of `fast_weights_recurrent`: per chunk, batched intra-chunk products; the state is
-    carried between chunks by a loop of one multiply-add each."""
+def fast_weights_chunked(q, k, v, decay, eta: float, chunk_size: int, initial_state: torch.Tensor | None = None):
+    """Fast form of `fast_weights_recurrent`, same arguments and returns: per chunk, batched intra-chunk
+    products; the state is carried between chunks by a loop of one multiply-add each."""
     n, c = q.shape[-2], chunk_size
     q_c, k_c, v_c = (to_chunks(x, c) for x in (q, k, v))  # [B, H, M, C, .]
     log_decay = decay.log()[:, None, None]  # [H, 1, 1]
@@ -56,7 +63,22 @@ def fast_weights_chunked(q, k, v, decay, eta: float, chunk_size: int):
         starts.append(state)
         state = chunk_decay * state + increment
     out = read_decay[:, None] * (q_c @ torch.stack(starts, dim=-3)) + intra @ v_c
-    return from_chunks(out, n), state
+    out = from_chunks(out, n)
+    if initial_state is not None:
+        # W_0 is read outside the chunks: the padding in front of the first one would decay it once per padded
+        # token. Being linear in W_0, the outputs gain lambda^(t+1) q_t W_0 and the final state lambda^N W_0.
+        steps = torch.arange(1, n + 1, device=q.device, dtype=q.dtype)
+        out = out + torch.exp(steps[:, None] * log_decay) * (q @ initial_state)
+        state = state + torch.exp(n * log_decay) * initial_state
+    return out, state
+
+
+def fast_weights_step(q, k, v, decay, eta: float, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token, the decoding step: q, k: [B, H, 1, d], v: [B, H, 1, e], state W: [B, H, d, e] (None: zeros)
+    -> (o = q W' [B, H, 1, e], W' = lambda W + eta k^T v)."""
+    write = eta * (k.transpose(-1, -2) @ v)
+    state = write if state is None else decay[:, None, None] * state + write
+    return q @ state, state
 
 
 @dataclass
@@ -79,12 +101,20 @@ class FastWeightsConfig(MixerConfig):
         check_integer(name, "chunk_size", self.chunk_size, 1)
 
 
+@dataclass
+class FastWeightsState(DecodeState):
+    """weights: W_t = S_t^T: [B, H, d, e]."""
+
+    weights: torch.Tensor
+
+
 @register("fast-weights")
 @register("fast-weights-learned-decay", learn_decay=True)
-class FastWeights(SequenceMixer):
+class FastWeights(MatrixStateMixer):
     """Hebbian fast weights with decay: S_t = lambda S_{t-1} + eta v_t k_t^T, o_t = S_t q_t."""
 
     Config = FastWeightsConfig
+    State = FastWeightsState
     reference_knobs = {"form": "recurrent"}
 
     def __init__(self, config: FastWeightsConfig) -> None:
@@ -95,15 +125,18 @@ class FastWeights(SequenceMixer):
         else:
             self.register_buffer("decay_logit", logit)
 
-    def mix(self, x: torch.Tensor) -> torch.Tensor:
+    def mix_heads(
+        self, x: torch.Tensor, state: FastWeightsState | None, step: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.config
         q, k, v = self.qkv(x)
         decay = torch.sigmoid(self.decay_logit).to(x.dtype)
+        initial = None if state is None else state.weights
+        if step:
+            return fast_weights_step(q, k, v, decay, cfg.fast_lr, initial)
         if cfg.form == "recurrent":
-            o, _ = fast_weights_recurrent(q, k, v, decay, cfg.fast_lr)
-        else:
-            o, _ = fast_weights_chunked(q, k, v, decay, cfg.fast_lr, cfg.chunk_size)
-        return self.merge_heads_and_project(o)
+            return fast_weights_recurrent(q, k, v, decay, cfg.fast_lr, initial)
+        return fast_weights_chunked(q, k, v, decay, cfg.fast_lr, cfg.chunk_size, initial)
 
     def cost(self, batch: int, seq_len: int) -> LayerCost:
         cfg = self.config

@@ -10,11 +10,15 @@ the denominator comes out of the same products as the numerator (e = d + 1).
 Forms: `recurrent` (the reference: a loop over tokens that reads like the equation) and `chunked`
 (the fast form: dense within chunks of C tokens, the state carried between them by a prefix sum).
 Shapes: q, k: [B, H, N, d]; v: [B, H, N, e].
+
+Decoding (causal variants): the state is S_t: [B, H, d, e], the same size at any context; the 'count'
+normaliser's t is the state's token count.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +28,7 @@ from ttt_bench.errors import ConfigError
 from ttt_bench.layers.base import LayerCost, MixerConfig, SequenceMixer, autograd_backward_macs, with_ones
 from ttt_bench.layers.chunking import chunk_pairs, from_chunks, to_chunks
 from ttt_bench.layers.registry import register
+from ttt_bench.layers.state import DecodeState
 
 FEATURE_MAPS = {
     "identity": lambda x: x,
@@ -31,9 +36,12 @@ FEATURE_MAPS = {
 }
 
 
-def linear_attention_recurrent(q, k, v, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference: (o [B, H, N, e], final state S_N [B, H, d, e]), one token at a time."""
-    state = q.new_zeros(*q.shape[:-2], q.shape[-1], v.shape[-1])
+def linear_attention_recurrent(
+    q, k, v, causal: bool, initial_state: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference: (o [B, H, N, e], final state S_N [B, H, d, e]), one token at a time from S_0 = initial_state
+    ([B, H, d, e]; None: zeros)."""
+    state = q.new_zeros(*q.shape[:-2], q.shape[-1], v.shape[-1]) if initial_state is None else initial_state
     outputs = []
     for k_t, v_t, q_t in zip(k.unbind(-2), v.unbind(-2), q.unbind(-2)):
         state = state + k_t[..., :, None] * v_t[..., None, :]
@@ -44,20 +52,38 @@ def linear_attention_recurrent(q, k, v, causal: bool) -> tuple[torch.Tensor, tor
     return torch.stack(outputs, dim=-2), state
 
 
-def linear_attention_chunked(q, k, v, causal: bool, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fast form, same returns as the reference. Causal: for chunk m with start state S_m,
-    O_m = Q_m S_m + tril(Q_m K_m^T) V_m, and S_m is an exclusive prefix sum of the chunks' K_m^T V_m."""
+def linear_attention_chunked(
+    q, k, v, causal: bool, chunk_size: int, initial_state: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fast form, same arguments and returns as the reference. Causal: for chunk m with start state S_m,
+    O_m = Q_m S_m + tril(Q_m K_m^T) V_m, and S_m is S_0 plus an exclusive prefix sum of the chunks' K_m^T V_m
+    (the zero keys and values padding the first chunk add nothing to it)."""
     if not causal:
         state = k.transpose(-1, -2) @ v
+        if initial_state is not None:
+            state = initial_state + state
         return q @ state, state
     n = q.shape[-2]
     q_c, k_c, v_c = (to_chunks(x, chunk_size) for x in (q, k, v))  # [B, H, M, C, .]
     increments = k_c.transpose(-1, -2) @ v_c  # [B, H, M, d, e]
     totals = increments.cumsum(dim=-3)
-    starts = torch.cat([torch.zeros_like(totals[..., :1, :, :]), totals[..., :-1, :, :]], dim=-3)
+    if initial_state is None:
+        first = torch.zeros_like(totals[..., :1, :, :])
+    else:
+        first = initial_state[..., None, :, :]
+        totals = first + totals
+    starts = torch.cat([first, totals[..., :-1, :, :]], dim=-3)
     intra = (q_c @ k_c.transpose(-1, -2)).tril()
     out = q_c @ starts + intra @ v_c
     return from_chunks(out, n), totals[..., -1, :, :]
+
+
+def linear_attention_step(q, k, v, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One causal token, the decoding step: q, k: [B, H, 1, d], v: [B, H, 1, e], state S: [B, H, d, e]
+    (None: zeros) -> (o = q S' [B, H, 1, e], S' = S + k^T v)."""
+    write = k.transpose(-1, -2) @ v
+    state = write if state is None else state + write
+    return q @ state, state
 
 
 @dataclass
@@ -83,34 +109,77 @@ class LinearAttentionConfig(MixerConfig):
             )
 
 
+class MatrixStateMixer(SequenceMixer):
+    """A mixer whose state is one matrix W: [B, H, d, e] per head, written by the keys and read by the queries
+    (linear attention, fast weights, the delta rule); its decode state holds W. A subclass defines `mix_heads`
+    and names its decode state's class in `State`, a DecodeState with a `weights` field."""
+
+    State: ClassVar[type[DecodeState]]
+
+    def mix(self, x: torch.Tensor) -> torch.Tensor:
+        o, _ = self.mix_heads(x, None, step=False)
+        return self.merge_heads_and_project(o)
+
+    def decode(self, x: torch.Tensor, state: DecodeState | None) -> tuple[torch.Tensor, DecodeState]:
+        o, weights = self.mix_heads(x, state, step=x.shape[1] == 1)
+        read = 0 if state is None else state.tokens
+        return self.merge_heads_and_project(o), self.State(tokens=read + x.shape[1], weights=weights)
+
+    def decode_state_numel(self, batch: int, context: int) -> int:
+        return batch * self.cost(1, 1).state_numel
+
+    def mix_heads(
+        self, x: torch.Tensor, state: DecodeState | None, step: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: [B, n, D] -> (o [B, H, n, d] for the output projection, W after the last token [B, H, d, e]),
+        continuing from `state` (None: the sequence starts here); `step` (n = 1 only): the lean decoding step
+        instead of the configured form."""
+        raise NotImplementedError
+
+
+@dataclass
+class LinearAttentionState(DecodeState):
+    """weights: S_t = sum_{s<=t} phi(k_s)^T v_s: [B, H, d, e] (e = d + 1 with the 'sum' normaliser's ones column)."""
+
+    weights: torch.Tensor
+
+
 @register("linear-attention")
 @register("linear-attention-causal", causal=True)
 @register("linear-attention-identity", feature_map="identity", normalizer="count")
 @register("linear-attention-identity-causal", feature_map="identity", normalizer="none", causal=True)
-class LinearAttention(SequenceMixer):
+class LinearAttention(MatrixStateMixer):
     """Multi-head linear attention phi(q) (sum phi(k)^T v) / normaliser."""
 
     Config = LinearAttentionConfig
+    State = LinearAttentionState
     reference_knobs = {"form": "recurrent"}  # the token loop of the paper's recurrence
 
-    def mix(self, x: torch.Tensor) -> torch.Tensor:
+    def mix_heads(
+        self, x: torch.Tensor, state: LinearAttentionState | None, step: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """o is normalised; W is S, with the ones column under the 'sum' normaliser."""
         cfg = self.config
         q, k, v = self.qkv(x)
         phi = FEATURE_MAPS[cfg.feature_map]
         q, k = phi(q), phi(k)
         if cfg.normalizer == "sum":
             v = with_ones(v)
-        if cfg.form == "recurrent":
-            o, _ = linear_attention_recurrent(q, k, v, cfg.causal)
+        initial = None if state is None else state.weights
+        if step:
+            o, weights = linear_attention_step(q, k, v, initial)
+        elif cfg.form == "recurrent":
+            o, weights = linear_attention_recurrent(q, k, v, cfg.causal, initial)
         else:
-            o, _ = linear_attention_chunked(q, k, v, cfg.causal, cfg.chunk_size)
+            o, weights = linear_attention_chunked(q, k, v, cfg.causal, cfg.chunk_size, initial)
         if cfg.normalizer == "sum":
             o = o[..., :-1] / o[..., -1:]
         elif cfg.normalizer == "count":
-            n = x.shape[1]
-            counts = torch.arange(1, n + 1, dtype=o.dtype, device=o.device) if cfg.causal else o.new_full((n,), n)
+            n, read = x.shape[1], 0 if state is None else state.tokens
+            counts = (torch.arange(read + 1, read + n + 1, dtype=o.dtype, device=o.device) if cfg.causal
+                      else o.new_full((n,), n))
             o = o / counts[:, None]
-        return self.merge_heads_and_project(o)
+        return o, weights
 
     def cost(self, batch: int, seq_len: int) -> LayerCost:
         cfg = self.config

@@ -18,22 +18,27 @@ import torch
 
 from ttt_bench import layers
 from ttt_bench.layers.base import LayerCost
+from ttt_bench.profile.backend import autocast_context, check_compiled, compiled_error, layer_forms
 from ttt_bench.profile.flops import count_with_flop_counter, count_with_fvcore
+from ttt_bench.profile.inference import DecodeSettings, InferenceWorkload
 from ttt_bench.profile.memory import measure_cuda_peak_bytes, measure_peak_bytes, nvml_device_info
 from ttt_bench.profile.timing import Timing, time_callable
-from ttt_bench.results import MEASUREMENT_OF_PASS, NOISY_SPREAD, PASSES
+from ttt_bench.results import ALL_PASSES, INFERENCE_PASSES, MEASUREMENT_OF_PASS, NOISY_SPREAD, PASSES
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
+# The columns each pass fills, prefixed by the pass in measure_cell's row ('fwd_ms', 'decode_state_bytes'); a
+# pass's own status and message, where set, stand for that pass alone (a decode a layer cannot do is 'skipped').
+PASS_COLUMNS = (
+    "macs", "flops", "useful_macs", "useful_flops", "macs_per_token", "macs_fvcore", "macs_flop_counter",
+    "peak_bytes", "cuda_peak_bytes", "ms", "p20_ms", "p80_ms", "repeats", "spread", "noisy", "tokens_per_s",
+    "tflops_per_s", "state_bytes", "state_bytes_stated", "compile_s", "compile_error", "status", "message",
+)
 # Every column measure_cell can fill, in order; a column a cell did not reach is left empty (NaN).
 ROW_COLUMNS = [
-    "layer", "seq_len", "batch", "d_model", "n_heads", "head_dim", "dtype", "device", "seed", "status", "message",
-    "fwd_macs", "fwd_flops", "fwd_useful_macs", "fwd_useful_flops", "fwd_bwd_macs", "fwd_bwd_flops",
-    "fwd_macs_per_token", "fwd_bwd_macs_per_token", "final_state_macs", "state_numel",
-    "fwd_macs_fvcore", "fwd_macs_flop_counter", "fwd_bwd_macs_flop_counter", "uncounted_ops",
-    "fwd_peak_bytes", "fwd_bwd_peak_bytes", "fwd_cuda_peak_bytes", "fwd_bwd_cuda_peak_bytes", "nvml_used_bytes",
-    *(f"{p}_{column}" for p in ("fwd_bwd", "fwd")
-      for column in ("ms", "p20_ms", "p80_ms", "repeats", "spread", "noisy", "tokens_per_s", "tflops_per_s")),
+    "layer", "seq_len", "batch", "d_model", "n_heads", "head_dim", "dtype", "device", "seed", "backend", "amp",
+    "status", "message", "final_state_macs", "state_numel", "uncounted_ops", "nvml_used_bytes",
+    *(f"{p}_{column}" for p in ALL_PASSES for column in PASS_COLUMNS),
 ]
 
 
@@ -50,13 +55,20 @@ class Cell:
     device: str = "cpu"  # 'cpu', 'cuda' or 'cuda:<i>'
     overrides: dict[str, Any] = field(default_factory=dict)  # layer knobs on top of the variant's
     seed: int = 0  # seeds the layer's initial weights and the inputs
+    backend: str = "eager"  # 'eager' or 'compile' (profile/backend.py)
+    amp: bool = False  # autocast to `dtype` with float32 weights, instead of casting the layer to `dtype`
 
     def config_columns(self) -> dict[str, object]:
         return {
             "layer": self.layer, "seq_len": self.seq_len, "batch": self.batch, "d_model": self.d_model,
             "n_heads": self.n_heads, "head_dim": self.d_model // self.n_heads, "dtype": self.dtype,
-            "device": self.device, "seed": self.seed,
+            "device": self.device, "seed": self.seed, "backend": self.backend, "amp": self.amp,
         }
+
+    @property
+    def weights_dtype(self) -> torch.dtype:
+        """What the layer and its inputs are cast to: float32 under amp (autocast lowers each op), else dtype."""
+        return torch.float32 if self.amp else _dtype(self.dtype)
 
 
 @dataclass(frozen=True)
@@ -75,18 +87,30 @@ class TimingBudget:
 
 class Workload:
     """A cell's layer on its device, its inputs x [B, N, D] and loss projection (built here, outside every
-    timed region), and the two calls that are measured, `calls[pass]` (the module docstring says what they do).
-    measure_cell and the asv benchmarks (suites/benchmarks.py) measure the same workload."""
+    timed region), and the two calls that are measured, `calls[pass]` (the module docstring says what they do),
+    through the cell's backend and under its autocast. measure_cell and the asv benchmarks (suites/benchmarks.py)
+    measure the same workload."""
 
     def __init__(self, cell: Cell, layer: torch.nn.Module) -> None:
-        device, dtype = torch.device(cell.device), _dtype(cell.dtype)
+        device, dtype = torch.device(cell.device), cell.weights_dtype
         self.layer = layer = layer.to(device=device, dtype=dtype)
         self.x = x = torch.randn(cell.batch, cell.seq_len, cell.d_model, device=device, dtype=dtype,
                                  requires_grad=True)
+        self.context = context = autocast_context(device, _dtype(cell.dtype), cell.amp)
+        self.forms = forms = layer_forms(layer, cell.backend)
+        forward = forms["forward"]
         projection = torch.randn_like(x, requires_grad=False)
-        self.calls: dict[str, Callable[[], Any]] = {
-            "fwd": lambda: layer(x), "fwd_bwd": lambda: (layer(x) * projection).sum().backward(),
-        }
+
+        def forward_backward() -> None:
+            with context():
+                loss = (forward(x) * projection).sum()
+            loss.backward()
+
+        def forward_only() -> torch.Tensor:
+            with context():
+                return forward(x)
+
+        self.calls: dict[str, Callable[[], Any]] = {"fwd": forward_only, "fwd_bwd": forward_backward}
 
     @classmethod
     def build(cls, cell: Cell) -> Workload:
@@ -114,25 +138,29 @@ def measure_cell(
     metrics: tuple[str, ...] = METRICS,
     passes: tuple[str, ...] = PASSES,
     skip_reason: str | None = None,
+    decode: DecodeSettings | None = None,
 ) -> dict[str, object]:
-    """One row for `cell`. Order: analytic cost, tracked memory (a budget overrun ends the cell early as
-    'oom'), the counted FLOPs (fvcore traces a token loop slowly), CUDA memory, timings; of these, the
-    `metrics` asked for, for the `passes` asked for (the counted FLOPs always take both passes).
+    """One row for `cell`. Order: analytic cost, the compiled passes' first calls (backend 'compile'), tracked
+    memory (a budget overrun ends the cell early as 'oom'), the counted FLOPs (fvcore traces a token loop slowly),
+    CUDA memory, the decode state, timings; of these, the `metrics` asked for, for the `passes` asked for (the
+    counted FLOPs always take both training passes). Prefill and decode: profile/inference.py.
 
     With `memory_budget_bytes` the tracker raises torch.OutOfMemoryError above it on any device; on CUDA
     the allocator is also capped there for the cell (`set_per_process_memory_fraction`), then restored.
-    `skip_reason` records the cell as 'skipped' with its analytic cost only.
+    `skip_reason` records the cell as 'skipped' with its analytic cost only. Tracked memory and counted FLOPs are
+    measured on eager cells only: inductor's kernels allocate and compute outside the dispatcher they follow.
     """
     row: dict[str, object] = {**cell.config_columns(), "status": "ok", "message": ""}
+    decode = decode or DecodeSettings()
     capped = False
     try:
         _check_subset("metrics", metrics, METRICS)
-        _check_subset("passes", passes, PASSES)
+        _check_subset("passes", passes, ALL_PASSES)
         device = torch.device(cell.device)
         _dtype(cell.dtype)  # a dtype that is not allowed fails before the layer is built
         torch.manual_seed(cell.seed)
         layer = layers.build(cell.layer, d_model=cell.d_model, n_heads=cell.n_heads, **cell.overrides)
-        row.update(analytic_columns(layer.cost(cell.batch, cell.seq_len)))
+        row.update(analytic_columns(layer.cost(cell.batch, cell.seq_len), passes))
         if skip_reason is not None:
             row.update(status="skipped", message=skip_reason)
             return row
@@ -141,23 +169,39 @@ def measure_cell(
             torch.cuda.set_per_process_memory_fraction(min(1.0, memory_budget_bytes / total), device)
             capped = True
         work = Workload(cell, layer)
-        layer, x, calls, zero_grads = work.layer, work.x, work.calls, work.zero_grads
+        layer, x, zero_grads = work.layer, work.x, work.zero_grads
+        inference = InferenceWorkload(layer, x, work.forms, decode, work.context)
+        calls = {**work.calls, "prefill": inference.prefill, "decode": inference.step}
+        passes = _passes_that_run(passes, layer, row)
+        eager = cell.backend == "eager"
 
-        if "memory" in metrics:
+        if not eager:
+            for name in passes:
+                row.update(_first_compiled_call(name, work, inference, _dtype(cell.dtype)))
+        if "memory" in metrics and eager:
             for name in passes:
                 zero_grads()
-                row[f"{name}_peak_bytes"] = measure_peak_bytes(calls[name], budget_bytes=memory_budget_bytes)
-        if "flops" in metrics:
+                row[f"{name}_peak_bytes"] = measure_peak_bytes(_whole_pass(name, calls, inference),
+                                                               budget_bytes=memory_budget_bytes)
+        if "flops" in metrics and eager:
             row.update(counted_columns(layer, x, calls))
         if "memory" in metrics and device.type == "cuda":
             for name in passes:
                 zero_grads()
-                row[f"{name}_cuda_peak_bytes"] = measure_cuda_peak_bytes(calls[name], device=device)
+                row[f"{name}_cuda_peak_bytes"] = measure_cuda_peak_bytes(_whole_pass(name, calls, inference),
+                                                                         device=device)
+        for name in passes:
+            if name in INFERENCE_PASSES:
+                row.update(_state_columns(name, layer, inference, cell))
         if "time" in metrics:
-            tokens = cell.batch * cell.seq_len
             for name in passes:
-                timing = timed_with_probe(calls[name], zero_grads, budget, device)
-                row.update(timing_columns(name, timing, tokens, row[f"{name}_flops"]))
+                if name == "decode":
+                    timing = time_callable(inference.step, warmup=1, min_total_s=0.0, min_repeats=decode.steps,
+                                           max_repeats=decode.steps, device=device)
+                    row.update(timing_columns(name, timing, cell.batch, None))
+                else:
+                    timing = timed_with_probe(calls[name], zero_grads, budget, device)
+                    row.update(timing_columns(name, timing, cell.batch * cell.seq_len, row[f"{name}_flops"]))
         if device.type == "cuda":
             nvml = nvml_device_info(device)
             row["nvml_used_bytes"] = nvml["used_bytes"] if nvml else None
@@ -170,39 +214,89 @@ def measure_cell(
     return row
 
 
+def _passes_that_run(passes: tuple[str, ...], layer: torch.nn.Module, row: dict[str, object]) -> tuple[str, ...]:
+    """`passes` less a decode the layer cannot do, which is recorded as skipped with the reason."""
+    if "decode" not in passes or layer.decodes:
+        return passes
+    why = "it is not causal" if not getattr(layer.config, "causal", True) else "it defines no decode()"
+    row.update(decode_status="skipped", decode_message=f"no token-by-token decoding: {why}")
+    return tuple(name for name in passes if name != "decode")
+
+
+def _whole_pass(name: str, calls: dict[str, Callable[[], Any]], inference: InferenceWorkload) -> Callable[[], Any]:
+    """What a pass's memory is measured over: its call, except decode's, which is the chunked prefill of the prompt
+    and the generated tokens after it (and leaves their state for the timed steps)."""
+    return inference.prefill_and_decode if name == "decode" else calls[name]
+
+
+def _first_compiled_call(name: str, work: Workload, inference: InferenceWorkload,
+                         dtype: torch.dtype) -> dict[str, object]:
+    """Compile the pass by calling it once (timed on its own, as compile_s), then check the compiled outputs against
+    eager's on the same input: CompiledMismatch if they differ. Decode compiles on a prefilled state."""
+    start = time.perf_counter()
+    if name == "decode":
+        inference.state = state = inference.prefill_in_chunks()
+        compiled = inference.step()
+        compile_s = time.perf_counter() - start
+        with torch.inference_mode(), work.context():
+            eager = work.layer.decode(inference.token, state)[0]
+    elif name == "prefill":
+        compiled = inference.prefill()
+        compile_s = time.perf_counter() - start
+        with torch.inference_mode(), work.context():
+            eager = work.layer.decode(inference.x, None) if inference.decodes else work.layer(inference.x)
+    else:
+        work.zero_grads()
+        work.calls[name]()
+        compile_s = time.perf_counter() - start
+        with torch.no_grad(), work.context():
+            compiled, eager = work.forms["forward"](work.x), work.layer(work.x)
+    error = compiled_error(compiled, eager)
+    check_compiled(MEASUREMENT_OF_PASS[name].replace("_", "+"), error, dtype)
+    return {f"{name}_compile_s": compile_s, f"{name}_compile_error": error}
+
+
+def _state_columns(name: str, layer: torch.nn.Module, inference: InferenceWorkload, cell: Cell) -> dict[str, object]:
+    """The state after the prompt of N tokens: measured from its tensors, and as the layer states it."""
+    if name == "prefill":
+        _, state = inference.prefill()
+        if state is None:
+            return {}
+        tokens, nbytes = state.tokens, state.nbytes
+    else:
+        if inference.state is None:
+            inference.state = inference.prefill_in_chunks()
+        tokens, nbytes = inference.prompt_state
+    element_size = torch.empty((), dtype=cell.weights_dtype).element_size()
+    return {f"{name}_state_bytes": nbytes,
+            f"{name}_state_bytes_stated": layer.decode_state_numel(cell.batch, tokens) * element_size}
+
+
+def tidy_rows(row: dict[str, object], passes: tuple[str, ...] = PASSES) -> list[dict[str, object]]:
+    """`row` (measure_cell's, one per cell) as one row per measurement, `measurement` naming the pass
+    ('forward', 'forward_backward', 'prefill', 'decode'): a pass's prefixed columns lose their prefix (a pass's own
+    status and message replace the cell's), the rest (config, status, state size, uncounted ops) is repeated in
+    each. Every row has every per-pass column, empty (None) where the pass has no such value."""
+    prefixes = tuple(f"{name}_" for name in ALL_PASSES)
+    shared = {key: value for key, value in row.items() if not key.startswith(prefixes)}
+    tidy = []
+    for name in passes:
+        per_pass = {_TIDY_RENAMES.get(column, column): row.get(f"{name}_{column}") for column in PASS_COLUMNS}
+        status, message = per_pass.pop("status"), per_pass.pop("message")
+        own = {} if status is None else {"status": status, "message": message}
+        tidy.append({"measurement": MEASUREMENT_OF_PASS[name], **shared, **per_pass, **own})
+    return tidy
+
+
 # Tidy names of the per-pass columns whose short form would not say what they hold.
 _TIDY_RENAMES = {"ms": "time_ms", "p20_ms": "time_p20_ms", "p80_ms": "time_p80_ms", "repeats": "time_repeats",
                  "spread": "time_spread"}
 
 
-def tidy_rows(row: dict[str, object], passes: tuple[str, ...] = PASSES) -> list[dict[str, object]]:
-    """`row` (measure_cell's, one per cell) as one row per measurement, `measurement` naming the pass
-    ('forward', 'forward_backward'): a pass's `fwd_*` / `fwd_bwd_*` columns lose their prefix, the rest
-    (config, status, state size, uncounted ops) is repeated in each. Every row has every per-pass column,
-    empty (None) where the pass has no such value."""
-    shared = {key: value for key, value in row.items() if not key.startswith("fwd_")}
-    return [
-        {"measurement": MEASUREMENT_OF_PASS[name], **shared,
-         **{column: row.get(wide) for column, wide in _tidy_to_wide(name).items()}}
-        for name in passes
-    ]
-
-
-def _tidy_to_wide(name: str) -> dict[str, str]:
-    """Tidy metric column -> the wide column of pass `name` that fills it."""
-    return {_TIDY_RENAMES.get(short, short): f"{name}_{short}" for short in _PASS_COLUMNS}
-
-
-# The per-pass column names of ROW_COLUMNS without their pass prefix, in order ('fwd_bwd_' is tested first).
-_PASS_COLUMNS = list(dict.fromkeys(
-    column.removeprefix("fwd_bwd_") if column.startswith("fwd_bwd_") else column.removeprefix("fwd_")
-    for column in ROW_COLUMNS if column.startswith("fwd_")
-))
-
-
-def analytic_columns(cost: LayerCost) -> dict[str, object]:
-    """The layer's own formula: executed (dense) and useful (causal half) work, MACs and FLOPs named apart."""
-    return {
+def analytic_columns(cost: LayerCost, passes: tuple[str, ...] = PASSES) -> dict[str, object]:
+    """The layer's own formula: executed (dense) and useful (causal half) work, MACs and FLOPs named apart. The
+    prefill runs the forward's products; a decode step's work is not stated by the layers."""
+    columns: dict[str, object] = {
         "fwd_macs": cost.forward_macs,
         "fwd_flops": cost.forward_flops,
         "fwd_useful_macs": cost.useful_forward_macs,
@@ -214,6 +308,10 @@ def analytic_columns(cost: LayerCost) -> dict[str, object]:
         "final_state_macs": cost.final_state_macs,
         "state_numel": cost.state_numel,
     }
+    if "prefill" in passes:
+        columns |= {f"prefill_{key.removeprefix('fwd_')}": value for key, value in columns.items()
+                    if key.startswith("fwd_") and not key.startswith("fwd_bwd_")}
+    return columns
 
 
 def counted_columns(layer: torch.nn.Module, x: torch.Tensor, calls: dict[str, Callable[[], Any]]) -> dict[str, object]:
@@ -227,7 +325,7 @@ def counted_columns(layer: torch.nn.Module, x: torch.Tensor, calls: dict[str, Ca
     return {**{column: count.macs for column, count in counts.items()}, "uncounted_ops": ";".join(uncounted)}
 
 
-def timing_columns(name: str, timing: Timing, tokens: int, flops: int) -> dict[str, object]:
+def timing_columns(name: str, timing: Timing, tokens: int, flops: int | None) -> dict[str, object]:
     seconds = timing.median_ms / 1000.0
     return {
         f"{name}_ms": timing.median_ms,
@@ -237,7 +335,8 @@ def timing_columns(name: str, timing: Timing, tokens: int, flops: int) -> dict[s
         f"{name}_spread": timing.spread,
         f"{name}_noisy": timing.spread > NOISY_SPREAD,  # NaN compares False: a call too short to judge
         f"{name}_tokens_per_s": tokens / seconds,
-        f"{name}_tflops_per_s": flops / seconds / 1e12,  # achieved, from the analytic (dense) FLOPs
+        # Achieved, from the analytic (dense) FLOPs; none for a decode step, whose work the layers do not state.
+        f"{name}_tflops_per_s": None if flops is None else flops / seconds / 1e12,
     }
 
 

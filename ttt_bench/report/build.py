@@ -1,9 +1,11 @@
 """`ttt-bench report`: results folders -> a report folder with figures/ (PNG and SVG), report.md and report.html.
 
 Sections, each present only when the results hold what it needs (what they lack is listed once, under the
-header, with the run that would fill it): noisy timings, accuracy vs FLOPs, time vs N, memory vs N, the
-out-of-memory frontier, the crossover with softmax attention, achieved TFLOP/s vs N, loss vs position, and the
-cells that did not finish. Rows set up differently are separate series (ttt_bench.report.settings).
+header, with the run that would fill it): noisy timings, accuracy vs FLOPs; per setting group, from its forward and
+forward + backward rows time vs N, memory vs N, the out-of-memory frontier, the crossover with softmax attention and
+achieved TFLOP/s vs N, from its prefill and decode rows the inference sections (ttt_bench.report.inference), and
+compiled against eager where cells ran both ways (ttt_bench.report.compiled); loss vs position, and the cells that
+did not finish. Rows set up differently are separate series (ttt_bench.report.settings).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import pandas as pd
 
 from ttt_bench.config import path_inside, slug_of
 from ttt_bench.errors import ConfigError
-from ttt_bench.report import figures, frames, frontier, pareto, scaling
+from ttt_bench.report import compiled, figures, frames, frontier, inference, pareto, scaling
 from ttt_bench.report.document import FIGURES_DIR, Document, Section, Table, write_html, write_markdown
 from ttt_bench.report.manifest import ReportFiles
 from ttt_bench.report.palette import palette_of
@@ -61,10 +63,20 @@ def build_report(result_dirs: list[Path], out: Path, options: ReportOptions | No
     noisy = []
     for index, (setting, rows) in enumerate(groups):
         suffix = "" if len(groups) == 1 else f"-{index + 1}"
-        points = frames.scaling_points(rows)
-        writer.palette.learn_series(points["series"], points["variant"])
-        noisy.append(frames.noisy_points(points))
-        sections += _scaling_sections(writer, rows, points, setting, suffix, options, with_frontier=not searched)
+        # Training-mode and inference passes are drawn apart: their captions say what each time and peak is.
+        training, serving = frames.training_mode_rows(rows), frames.inference_rows(rows)
+        if len(training):
+            points = frames.scaling_points(training)
+            writer.palette.learn_series(points["series"], points["variant"])
+            noisy.append(frames.noisy_points(points))
+            sections += _scaling_sections(writer, training, points, setting, suffix, options,
+                                          with_frontier=not searched)
+        if len(serving):
+            points = frames.scaling_points(serving)
+            writer.palette.learn_series(points["series"], points["variant"])
+            noisy.append(frames.noisy_points(points))
+            sections += inference.sections(writer, serving, points, setting, suffix, options.reference)
+        sections.append(compiled.section(rows, setting))
     sections += searched
     sections += [_positions(writer, frame), _failures(frame)]
     sections.insert(0, _noisy(pd.concat(noisy, ignore_index=True) if noisy else pd.DataFrame(), profile))
@@ -285,9 +297,10 @@ def _noisy(noisy: pd.DataFrame, profile: pd.DataFrame) -> Section | None:
         ("threads", "{} torch threads"), ("cpus_available", "{} CPUs available to the worker"),
         ("load_average", "a load average of {}")) if rows[column].notna().any()]
     where = f" They ran with {', '.join(machine)}." if machine else ""
+    inverted = (", or a forward took longer than the same cell's forward + backward, which only contention for "
+                "the cores does" if len(frames.training_mode_rows(profile)) else "")
     caption = (f"{len(noisy)} timings below are noise, not results: their calls spread beyond p80 / p20 = "
-               f"{NOISY_SPREAD:g} (docs/measurement.md), or a forward took longer than the same cell's forward + "
-               f"backward, which only contention for the cores does. They are drawn hollow, and no exponent or "
+               f"{NOISY_SPREAD:g} (docs/measurement.md){inverted}. They are drawn hollow, and no exponent or "
                f"crossover is read from them.{where} Measure them again on a quieter machine with {reruns} (the "
                f"suite's file, or its name for a shipped suite), or with fewer threads ([measure] threads no more "
                f"than the cores free).")

@@ -24,7 +24,8 @@ from ttt_bench.report.units import METRICS, label
 from ttt_bench.results import NOISY_SPREAD
 
 PNG_DPI = 300
-MEASUREMENT_TITLES = {"forward": "forward", "forward_backward": "forward + backward"}
+MEASUREMENT_TITLES = {"forward": "forward", "forward_backward": "forward + backward",
+                      "prefill": "prefill (inference)", "decode": "decode, per generated token"}
 # Reproducible files: no creation date, no software stamp, fixed SVG element ids.
 _RC = {"svg.hashsalt": "ttt-bench", "svg.fonttype": "path", "font.size": 8}
 _PNG_METADATA = {"Software": None}
@@ -114,11 +115,14 @@ def _log_axis_with_readable_ticks(ax, values: pd.Series) -> None:
 
 
 def scaling(points: pd.DataFrame, metric: str, exponents: pd.DataFrame, marks: pd.DataFrame, palette: Palette,
-            title: str) -> Figure:
+            title: str, y_label: str | None = None, panel_titles: dict[str, str] | None = None,
+            star_label: str = "overtakes softmax attention", x_label: str | None = None) -> Figure:
     """`metric` against N, log-log, one panel per measurement: a line per series (with its p20-p80 band for
     times), its fitted exponent or why there is none in the legend, a hollow marker on a noisy timing, a cross
     where the series first ran out of memory (placed on its fitted trend) and a star where it overtakes softmax
-    attention (`marks`: series, measurement, seq_len). Each panel's legend sits to its right."""
+    attention (`marks`: series, measurement, seq_len). Each panel's legend sits to its right. `x_label`, `y_label`
+    and `panel_titles` (measurement -> title) replace the columns' headings and MEASUREMENT_TITLES where the same
+    column means something narrower (a decode row's time is one generated token's, its N the prompt's)."""
     measurements = [m for m in MEASUREMENT_TITLES if m in set(points["measurement"])]
     figure, axes = _figure(len(measurements), width_per_panel=10.0, height=4.2, columns=1)
     scale = METRICS[metric].scale
@@ -151,21 +155,22 @@ def scaling(points: pd.DataFrame, metric: str, exponents: pd.DataFrame, marks: p
                             markeredgecolor="black", markeredgewidth=0.6, linestyle="none")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        ax.set_title(MEASUREMENT_TITLES[measurement])
-        ax.set_xlabel(label("seq_len"))
-        ax.set_ylabel(label(metric))
+        ax.set_title((panel_titles or {}).get(measurement, MEASUREMENT_TITLES[measurement]))
+        ax.set_xlabel(x_label or label("seq_len"))
+        ax.set_ylabel(y_label or label(metric))
         handles, labels = ax.get_legend_handles_labels()
-        if timed and shown["noisy"].any():
+        if timed and shown["noisy"].fillna(False).astype(bool).any():
             handles.append(Line2D([], [], marker="o", markerfacecolor=NOISY_FACE, markeredgecolor="grey",
                                   linestyle="none", markersize=6))
-            labels.append(f"noisy timing (spread > {NOISY_SPREAD:g}x or forward > forward + backward)")
+            inverted = " or forward > forward + backward" if measurement in ("forward", "forward_backward") else ""
+            labels.append(f"noisy timing (spread > {NOISY_SPREAD:g}x{inverted})")
         if (shown["status"] == "oom").any():
             handles.append(Line2D([], [], marker="X", color="grey", linestyle="none", markersize=8))
             labels.append("out of memory")
         if len(marks.query("measurement == @measurement")):
             handles.append(Line2D([], [], marker="*", color="grey", markeredgecolor="black", linestyle="none",
                                   markersize=11))
-            labels.append("overtakes softmax attention")
+            labels.append(_literal(star_label))
         _outside_legend(ax, handles, labels)
     figure.suptitle(_literal(title))
     return figure

@@ -9,16 +9,37 @@ import math
 import pandas as pd
 
 from ttt_bench.report.settings import series
-from ttt_bench.results import NOISY_SPREAD, POSITION_MEASUREMENT, PROFILE_MEASUREMENTS, TRAIN_MEASUREMENT
+from ttt_bench.results import (
+    DEFAULT_MEASUREMENTS,
+    INFERENCE_PASSES,
+    MEASUREMENT_OF_PASS,
+    NOISY_SPREAD,
+    POSITION_MEASUREMENT,
+    PROFILE_MEASUREMENTS,
+    TRAIN_MEASUREMENT,
+)
 
 SETTING_COLUMNS = ("device", "dtype", "batch", "d_model", "n_heads")  # fixed within one scaling figure
 POINT_METRICS = ("time_ms", "time_p20_ms", "time_p80_ms", "peak_bytes", "flops", "useful_flops",
-                 "matmul_tflops_per_s", "memory_budget_bytes")
+                 "matmul_tflops_per_s", "memory_budget_bytes", "tokens_per_s", "state_bytes", "state_bytes_stated",
+                 "compile_s", "compile_error")
+TRAINING_MEASUREMENTS = DEFAULT_MEASUREMENTS  # forward and forward + backward: what a training step runs
+INFERENCE_MEASUREMENTS = tuple(MEASUREMENT_OF_PASS[name] for name in INFERENCE_PASSES)  # prefill and decode
 FAILURE_COLUMNS = ["variant", "task", "seq_len", "measurement", "status", "message"]
 
 
 def profile_rows(frame: pd.DataFrame) -> pd.DataFrame:
     return _rows_of(frame, PROFILE_MEASUREMENTS)
+
+
+def training_mode_rows(profile: pd.DataFrame) -> pd.DataFrame:
+    """The profiling rows of the training passes (forward, forward + backward)."""
+    return _rows_of(profile, TRAINING_MEASUREMENTS)
+
+
+def inference_rows(profile: pd.DataFrame) -> pd.DataFrame:
+    """The profiling rows of the inference passes (prefill, decode)."""
+    return _rows_of(profile, INFERENCE_MEASUREMENTS)
 
 
 def train_rows(frame: pd.DataFrame) -> pd.DataFrame:

@@ -40,8 +40,20 @@ DERIVED_LABELS = {
     "seeds": "seeds (count)", "pareto": "on the Pareto front",
     "achieved_tflops_per_s": "achieved (TFLOP/s)", "position_end": "bin end (token index)",
     "matmul_tflops_per_s": "dense matmul here (TFLOP/s)",
+    "state_exponent": "state exponent (a in N^a)",
+    "state_bytes_stated": "stated decode state (MiB)", "state_differs": "measured differs from stated",
+    "state_from": "measured after",
+    "decode_faster_from_seq_len": "decodes faster from N (tokens)",
+    "decode_compared_at_seq_len": "largest N both decoded (tokens)",
+    "decode_time_ratio": "decode time ratio there (variant / attention, x)",
+    "prefill_faster_from_seq_len": "prefills faster from N (tokens)",
+    "prefill_compared_at_seq_len": "largest N both prefilled (tokens)",
+    "prefill_time_ratio": "prefill time ratio there (variant / attention, x)",
+    "eager_time_ms": "eager time (ms)", "compiled_time_ms": "compiled time (ms)",
+    "compile_speedup": "speed-up (eager / compiled, x)",
+    "compile_error": "compile error (relative: max |compiled - eager| / max |eager|)",
 }
-DERIVED_SCALES = {"budget_bytes": 1 / MiB}
+DERIVED_SCALES = {"budget_bytes": 1 / MiB, "state_bytes_stated": 1 / MiB}
 
 
 def label(column: str) -> str:

@@ -20,6 +20,7 @@ import torch
 from ttt_bench.errors import ConfigError
 from ttt_bench.layers.user_modules import import_layer_module
 from ttt_bench.profile.env import environment
+from ttt_bench.profile.inference import DecodeSettings
 from ttt_bench.profile.matmul_peak import matmul_tflops_per_s
 from ttt_bench.profile.measure import DTYPES, first_line, is_out_of_memory, measure_cell, release_memory, tidy_rows
 from ttt_bench.profile.memory import available_memory_bytes
@@ -58,6 +59,7 @@ def _profile_rows(cell: PlannedCell) -> list[dict[str, object]]:
         metrics=tuple(m for m in cell.metrics if m != "flops" or counts_flops),
         passes=cell.passes,
         skip_reason=cell.skip_reason,
+        decode=DecodeSettings(cell.settings.decode_steps, cell.settings.prefill_chunk),
     )
     row["memory_budget_bytes"] = budget
     if "time" in cell.metrics and row["status"] == "ok":

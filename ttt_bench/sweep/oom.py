@@ -1,5 +1,8 @@
-"""The out-of-memory frontier: for each layer variant, the largest N whose forward+backward (or forward)
-fits a memory budget at fixed batch and width, found by doubling until a failure and then bisection.
+"""The out-of-memory frontier: for each layer variant, the largest N whose forward+backward (or forward, prefill, or
+decode) fits a memory budget at fixed batch and width, found by doubling until a failure and then bisection. With
+[oom] measurement = "decode" it is the inference frontier: the longest context whose chunked prefill and decoding
+fit (profile/inference.py), where attention's KV cache grows with batch x context and a recurrent state does not;
+the layers that cannot decode (non-causal ones) are left out of that search, with a line saying so.
 
 On CPU the budget is the tracked live tensor bytes (ttt_bench.profile.memory): a probe above it is 'oom'
 wherever it runs, so the search is deterministic and testable anywhere. On CUDA the allocator is capped
@@ -25,6 +28,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from ttt_bench import layers
 from ttt_bench.profile.env import environment
 from ttt_bench.profile.memory_fit import (
     POINTS_PER_COEFFICIENT,
@@ -207,8 +211,15 @@ def frontier_table(suite: Suite, out: str | Path, show_progress: bool = True) ->
     settings = suite.oom
     pass_name = PASS_OF_MEASUREMENT[settings.measurement]
     searches = [cell for cell in suite.variant_cells(settings.start_seq_len) if cell.skip_reason is None]
+    if pass_name == "decode":
+        searches = _decoding(searches, show_progress)
+    if any(planned.cell.backend != "eager" and planned.cell.device == "cpu" for planned in searches):
+        raise SuiteError(f"{suite.path}: key 'grid.backend': the CPU frontier is searched on tracked tensor bytes, "
+                         f"which compiled kernels allocate outside of; search it with backend = 'eager'")
     if not searches:
-        raise SuiteError(f"{suite.path}: no layer variant is left to search after the 'exclude' and 'only' rules")
+        decoding = " and among the layers that decode" if pass_name == "decode" else ""
+        raise SuiteError(f"{suite.path}: no layer variant is left to search after the 'exclude' and 'only' "
+                         f"rules{decoding}")
     check_devices(searches)
     store = ResultStore(out)
     rows = []
@@ -223,7 +234,8 @@ def frontier_table(suite: Suite, out: str | Path, show_progress: bool = True) ->
             progress.start(name)
             start = time.perf_counter()
             frontier = search_frontier(lambda n, prober=prober: prober.probe(n, "search"), settings)
-            order = declared_memory_order(cell.layer, cell.d_model, cell.n_heads, cell.overrides)
+            order = (DECODE_MEMORY_ORDER if pass_name == "decode"
+                     else declared_memory_order(cell.layer, cell.d_model, cell.n_heads, cell.overrides))
             fit = fit_below(frontier, order, settings, lambda n, prober=prober: prober.probe(n, "fit"))
             rows.append(frontier_row(planned, settings, budget, frontier, fit))
             outcome = "the fit predicts" if fit.predicts else "no prediction"
@@ -233,6 +245,23 @@ def frontier_table(suite: Suite, out: str | Path, show_progress: bool = True) ->
     table = pd.DataFrame(rows)
     table.to_csv(store.root / "oom_frontier.csv", index=False)
     return table
+
+
+# Decoding holds a state that grows at most linearly with the context (a KV cache) beside one prefill chunk's work.
+DECODE_MEMORY_ORDER = 1
+
+
+def _decoding(searches: list[PlannedCell], announce: bool) -> list[PlannedCell]:
+    """The cells whose layer can decode; a line on stderr for each variant left out."""
+    kept = []
+    for planned in searches:
+        cell = planned.cell
+        if layers.build(cell.layer, d_model=cell.d_model, n_heads=cell.n_heads, **cell.overrides).decodes:
+            kept.append(planned)
+        elif announce:
+            tqdm.write(f"ttt-bench: {planned.variant}: left out of the decode frontier: it does not decode token by "
+                       f"token (not causal, or no decode())", file=sys.stderr)
+    return kept
 
 
 def fit_below(frontier: Frontier, order: int, settings: OomSettings, probe: Callable[[int], Probe]) -> MemoryFit:

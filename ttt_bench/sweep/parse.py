@@ -40,6 +40,7 @@ from ttt_bench.layers.base import SequenceMixer
 from ttt_bench.layers.registry import unknown_layer
 from ttt_bench.layers.user_modules import import_layer_module
 from ttt_bench.profile.measure import DTYPES, METRICS, analytic_columns, first_line
+from ttt_bench.results import ALL_PASSES, MEASUREMENT_OF_PASS, PASSES, PROFILE_MEASUREMENTS
 from ttt_bench.sweep.plan import LayerEntry, Suite, TaskEntry
 from ttt_bench.sweep.rules import check_rule
 from ttt_bench.sweep.schema import (
@@ -47,6 +48,7 @@ from ttt_bench.sweep.schema import (
     DEVICE_PATTERN,
     GRID_AXES,
     LAYER_ENTRY_KEYS,
+    PROFILING_AXES,
     SETTINGS_TABLES,
     TASK_ENTRY_KEYS,
     TOP_LEVEL_KEYS,
@@ -101,6 +103,11 @@ def parse_suite(data: dict, path: Path, text: str = "") -> Suite:
     grid = _parse_grid(check, data.get("grid", {}))
     if task_entries and "batch" not in data.get("grid", {}):
         grid["batch"] = TRAINING_BATCH
+    passes = _parse_measurements(check, data, bool(task_entries))
+    for axis in PROFILING_AXES:
+        if task_entries and grid[axis] != GRID_AXES[axis].default:
+            raise check.fail(f"grid.{axis}", grid[axis], f"a training suite leaves it at {GRID_AXES[axis].default} "
+                             f"(its outer loop runs eager in the grid's dtype); measure {axis} in a profiling suite")
     entries = _parse_layers(check, data.get("layers"))
     for entry in entries:
         for d_model, n_heads in itertools.product(grid["d_model"], grid["n_heads"]):
@@ -116,10 +123,25 @@ def parse_suite(data: dict, path: Path, text: str = "") -> Suite:
     suite = Suite(path, text, name, description, metrics, imports, tuple(entries), grid, settings, rules,
                   _parse_settings(check, "oom", data.get("oom", {})), tuple(task_entries),
                   _parse_model(check, data.get("model", {}), entries),
-                  _parse_settings(check, "train", data.get("train", {})))
+                  _parse_settings(check, "train", data.get("train", {})), passes)
     if grid["seq_len"] is not None and not suite.cells():
         raise SuiteError(f"{path}: the grid is empty after the 'exclude' and 'only' rules; nothing would run")
     return suite
+
+
+def _parse_measurements(check: Checker, data: dict, trains: bool) -> tuple[str, ...]:
+    """The suite's `measurements` as measure_cell's passes, in the order results.ALL_PASSES lists them."""
+    if "measurements" not in data:
+        return PASSES
+    if trains:
+        raise check.fail("measurements", data["measurements"], "a training suite's cells are measured by training; "
+                         "list measurements in a profiling suite")
+    chosen = check.list("measurements", data["measurements"], nonempty=True)
+    for index, measurement in enumerate(chosen):
+        check.choice(f"measurements[{index}]", measurement, PROFILE_MEASUREMENTS)
+    if len(set(chosen)) != len(chosen):
+        raise check.fail("measurements", chosen, "each measurement may appear once")
+    return tuple(name for name in ALL_PASSES if MEASUREMENT_OF_PASS[name] in chosen)
 
 
 def _parse_imports(check: Checker, raw: Any) -> tuple[str, ...]:
@@ -228,6 +250,9 @@ def _parse_grid(check: Checker, table: Any) -> dict[str, list]:
             elif axis == "device":
                 if not isinstance(value, str) or not DEVICE_PATTERN.fullmatch(value):
                     raise check.fail(key, value, "use 'cpu', 'cuda' or 'cuda:<index>'")
+            elif axis == "amp":
+                if not isinstance(value, bool):
+                    raise check.fail(key, value, "use true or false")
             else:
                 check.check(key, value, spec.allowed)
         if len(set(map(str, values))) != len(values):

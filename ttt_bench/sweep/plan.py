@@ -17,7 +17,7 @@ from ttt_bench.errors import ConfigError
 from ttt_bench.profile.measure import Cell
 from ttt_bench.results import MEASUREMENT_OF_PASS, PASSES, TRAIN_MEASUREMENT
 from ttt_bench.sweep.rules import rule_verdict
-from ttt_bench.sweep.schema import GRID_AXES, MeasureSettings, OomSettings, SuiteError
+from ttt_bench.sweep.schema import GRID_AXES, LOW_PRECISION_DTYPES, MeasureSettings, OomSettings, SuiteError
 from ttt_bench.training import tasks
 from ttt_bench.training.models import ModelSettings
 from ttt_bench.training.train import TrainSettings
@@ -64,6 +64,9 @@ class Training:
         }
 
 
+DECODE_SETTINGS = ("decode_steps", "prefill_chunk")  # [measure] settings that shape decode rows only
+
+
 @dataclass(frozen=True)
 class PlannedCell:
     """One cell of a suite: what to measure (`cell`), as which variant, and how."""
@@ -76,7 +79,7 @@ class PlannedCell:
     # register layers of the user's own
     imports: tuple[str, ...] = ()
     skip_reason: str | None = None  # recorded as 'skipped' with this reason instead of running
-    passes: tuple[str, ...] = PASSES  # measure_cell's passes: 'fwd_bwd' and/or 'fwd'
+    passes: tuple[str, ...] = PASSES  # measure_cell's passes: any of results.ALL_PASSES
     suite: str = ""  # the suite's name, carried into the rows (not part of the identity)
     training: Training | None = None  # set: train a backbone around the layer on a task instead of profiling it
     run_id: str | None = None  # the run that measures it, carried into the rows (not part of the identity)
@@ -86,6 +89,9 @@ class PlannedCell:
         """Identity of the result: the cell, its knobs and how it is measured (not the timeout)."""
         identity = {**self.cell.config_columns(), "knobs": self.cell.overrides, "variant": self.variant,
                     "metrics": sorted(self.metrics), **self.measure_settings}
+        for axis, default in (("backend", "eager"), ("amp", False)):  # hashes from before these axes stay valid
+            if identity[axis] == default:
+                del identity[axis]
         if self.training is None:
             identity |= {"passes": sorted(self.passes)}
         else:
@@ -98,7 +104,8 @@ class PlannedCell:
         threads for a training cell (the outer loop times itself)."""
         if self.training is not None:
             return {"threads": self.settings.threads}
-        return {k: v for k, v in asdict(self.settings).items() if k != "timeout_s"}
+        unused = {"timeout_s"} | (set() if "decode" in self.passes else set(DECODE_SETTINGS))
+        return {k: v for k, v in asdict(self.settings).items() if k not in unused}
 
     @property
     def measurements(self) -> tuple[str, ...]:
@@ -119,8 +126,9 @@ class PlannedCell:
         cell = self.cell
         seq_len = f" N={cell.seq_len}" if with_seq_len else ""
         task = f"{self.training.task.label} " if self.training is not None else ""
+        how = ("" if cell.backend == "eager" else f" {cell.backend}") + (" amp" if cell.amp else "")
         return (f"{task}{self.variant}{seq_len} B={cell.batch} D={cell.d_model} H={cell.n_heads} {cell.dtype} "
-                f"{cell.device}" + (f" seed={cell.seed}" if self.training is not None else ""))
+                f"{cell.device}{how}" + (f" seed={cell.seed}" if self.training is not None else ""))
 
 
 @dataclass(frozen=True)
@@ -139,6 +147,7 @@ class Suite:
     task_entries: tuple[TaskEntry, ...] = ()  # a training suite's tasks; empty for a profiling suite
     model: ModelSettings = field(default_factory=ModelSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
+    passes: tuple[str, ...] = PASSES  # what each profiling cell measures (the suite's `measurements`)
 
     @property
     def trains(self) -> bool:
@@ -170,10 +179,11 @@ class Suite:
                         self._check_task_length(task, point["seq_len"])
                         training = Training(task, self.model, self.train)
                         skip_reason = skip_reason or causality_skip(entry, task)
+                    skip_reason = skip_reason or amp_skip(point)
                     cell = Cell(layer=entry.layer, overrides=entry.knobs, **point)
                     planned.append(PlannedCell(
                         cell, entry.label, self.settings, self.metrics, self.imports, skip_reason, suite=self.name,
-                        training=training,
+                        training=training, **({} if training else {"passes": self.passes}),
                     ))
         return planned
 
@@ -184,6 +194,14 @@ class Suite:
             raise SuiteError(f"{self.path}: key {task.key!r} (task {task.label!r}) at grid.seq_len {seq_len}: {error}; "
                              f"an [[only]] rule with 'task' and 'seq_len' keeps each task to the lengths it "
                              f"takes") from None
+
+
+def amp_skip(point: dict[str, object]) -> str | None:
+    """Why a grid point with amp = true does not run (None: it does): autocast lowers float32 ops to a dtype."""
+    if point["amp"] and point["dtype"] not in LOW_PRECISION_DTYPES:
+        return (f"amp autocasts float32 weights to a low-precision dtype ({', '.join(LOW_PRECISION_DTYPES)}); with "
+                f"dtype {point['dtype']} there is nothing to autocast to")
+    return None
 
 
 def causality_skip(entry: LayerEntry, task: TaskEntry) -> str | None:

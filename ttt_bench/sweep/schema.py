@@ -22,7 +22,7 @@ from ttt_bench.config import (
 from ttt_bench.errors import ConfigError
 from ttt_bench.profile.measure import DTYPES, METRICS, TimingBudget
 from ttt_bench.profile.memory_fit import CARD_BUDGETS_GIB
-from ttt_bench.results import PROFILE_MEASUREMENTS
+from ttt_bench.results import BACKENDS, DEFAULT_MEASUREMENTS, PROFILE_MEASUREMENTS
 from ttt_bench.training.models import ModelSettings
 from ttt_bench.training.train import TrainSettings
 
@@ -58,14 +58,23 @@ GRID_AXES = {
     "device": GridAxis(["cpu"], "'cpu', 'cuda' or 'cuda:<index>'"),
     "seed": GridAxis([0], "seeds of the initial weights and inputs (and of a training run's data)",
                      Integer(0, MAX_SEED)),
+    "backend": GridAxis(["eager"], "profiling suites: 'eager' (the layer as written) or 'compile' (torch.compile; its "
+                        "compile time is recorded apart and its outputs checked against eager)", OneOf(BACKENDS)),
+    "amp": GridAxis([False], "profiling suites: true runs the cell under torch.autocast to the grid's low-precision "
+                    "dtype (bfloat16, float16) with float32 weights, false casts the whole layer to dtype",
+                    OneOf((False, True))),
 }
 TRAINING_BATCH = [32]  # grid.batch of a training suite that does not set it
-NUMERIC_AXES = tuple(axis for axis, spec in GRID_AXES.items() if spec.allowed is not None)
+NUMERIC_AXES = tuple(axis for axis, spec in GRID_AXES.items() if isinstance(spec.allowed, Integer))
+PROFILING_AXES = ("backend", "amp")  # axes a training suite leaves at their default: its outer loop runs eager
+LOW_PRECISION_DTYPES = ("bfloat16", "float16")  # what amp = true autocasts to
 RULE_OPERATORS = ("gt", "ge", "lt", "le")
 
 TOP_LEVEL_KEYS = {
     "name": "the suite's name: results go to results/NAME by default (default: the file's name)",
     "description": "one line shown by `ttt-bench ls`",
+    "measurements": f"what a profiling suite measures, any of {list(PROFILE_MEASUREMENTS)} (default "
+                    f"{list(DEFAULT_MEASUREMENTS)}; prefill and decode: docs/measurement.md#inference)",
     "metrics": f"what a profiling suite collects, any of {list(METRICS)} (the analytic FLOPs are always there); "
                f"a training suite's is ['{ACCURACY}']",
     "imports": "modules that register layers of your own, imported first by the runner and every worker: a .py path "
@@ -106,6 +115,10 @@ class MeasureSettings:
     memory_budget_gib: float | None = knob(
         None, "tracked-bytes budget per cell in GiB; unset: half the free memory on CPU, the card's own on CUDA",
         Optional(Number(0.0, MAX_GIB)))
+    decode_steps: int = knob(32, "decode: tokens generated after the prompt, each timed; the median and p20/p80 are "
+                             "over them", Integer(32, 2**20))
+    prefill_chunk: int = knob(1024, "decode: the prompt is prefilled in chunks of this many tokens, each made and "
+                              "dropped in turn, so the peak holds the state and one chunk", Integer(1, MAX_SEQ_LEN))
     count_flops_max_seq_len: int = knob(1024, "count FLOPs with fvcore and FlopCounterMode up to this N (tokens)",
                                         Integer(0, MAX_SEQ_LEN))
     timeout_s: float = knob(900.0, "a cell with no result after this many seconds is recorded as 'timeout'",
@@ -130,7 +143,8 @@ class OomSettings:
     budget_fraction: float = knob(1.0, "on CUDA: this fraction of the card's memory", Number(0.0, 1.0))
     cpu_budget_gib: float = knob(1.0, "on CPU: this many GiB of tracked live tensor bytes",
                                   Number(0.0, MAX_GIB))
-    measurement: str = knob("forward_backward", "the pass whose peak must fit", OneOf(PROFILE_MEASUREMENTS))
+    measurement: str = knob("forward_backward", "the pass whose peak must fit; 'decode' is the inference frontier: the "
+                            "prompt prefilled in chunks, then decoding from its state", OneOf(PROFILE_MEASUREMENTS))
     start_seq_len: int = knob(1024, "the doubling starts here (and halves from here if this does not fit)",
                               Integer(1, MAX_SEQ_LEN))
     min_seq_len: int = knob(16, "give up below this N; the memory fit's lengths are at least this too",

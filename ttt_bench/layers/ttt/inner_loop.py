@@ -9,13 +9,19 @@ token i (1-based) is read out with
     W_i = W - s_i * sum_{j<=i} eta_j * grad l_j(W),        s_i = 1/i (token_index_scale) or 1,
 so every gradient in a mini-batch is taken at the same W and the next mini-batch starts from W_b.
 N not a multiple of b: the last mini-batch simply has fewer tokens (b' = N mod b) and the final state
-is its W_b', exactly the weights a decoder holds after token N.
+is its W_b', exactly the weights a decoder's token N reads.
+
+Decoding: the causal forms also go on from a Pending mini-batch (W and the pending sum above) and return the
+Pending after their last token, so a prompt can be prefilled in pieces and then decoded token by token.
 
 Inside the loops the weights are augmented (W' = [W; c], learners.py) and the reconstruction target is
 prepared once, so a step of TTT-Linear is about ten small ops: the loop's per-op overhead is its cost.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -58,14 +64,50 @@ def _rated(inputs, rates: torch.Tensor, rated_first: torch.Tensor | None = None)
     return [first] + [x * rates[..., None] for x in inputs[1:]]
 
 
-def causal_dual(q, k, target, eta, params: list[Dense], head, mini_batch: int, token_index_scale: bool):
+@dataclass
+class Pending:
+    """The causal loop between two tokens (a decoder's state): the mini-batch in progress started from `weights`
+    (augmented W'_l per layer, [BH, e_l, d_l]) and has read `position` tokens, 0 <= position < b, whose rated
+    gradients at those weights sum to `accumulated` (sum_{j<=i} eta_j X_j^T G_j, same shapes; zero at a mini-batch
+    boundary), so that its token i reads W_i = W - s_i * accumulated."""
+
+    weights: list[torch.Tensor]
+    accumulated: list[torch.Tensor]
+    position: int
+    biased: list[bool]
+
+    @classmethod
+    def start(cls, weights: list[torch.Tensor], biased: list[bool]) -> Pending:
+        """A mini-batch about to start from `weights`."""
+        return cls(weights, [torch.zeros_like(w) for w in weights], 0, biased)
+
+
+@dataclass(frozen=True)
+class Steps:
+    """The loop bodies the forms call once per mini-batch (the scan's step, the dual readout) or per token (the
+    primal step). Eager by default (EAGER); `compiled_steps` compiles each of them once, so that a compiler sees one
+    step with fixed shapes rather than the loop unrolled (TTTLayer.compile_forms)."""
+
+    scan: Callable
+    readout: Callable
+    primal: Callable
+
+
+def causal_dual(q, k, target, eta, params, head, mini_batch: int, token_index_scale: bool, steps: Steps | None = None):
     """Mini-batch TTT in dual form: one sequential step per mini-batch, readouts batched afterwards.
 
     The scan carries only W; each mini-batch's start weights, layer inputs and gradients are kept, and
     the readout of all mini-batches is then a few batched matmuls:
         Z~_l = X~_l W'_l - (eta~ * (X~_l X_l^T)) G_l,   X~_1 = [Q, 1],  X~_{l+1} = [gelu(Z~_l), 1]
     (the ones column carries the bias: [q, 1].[k, 1] = q.k + 1).
+
+    `params` may instead be a Pending mini-batch (decoding on from a state): the rest of the mini-batch in progress
+    then runs token by token (causal_primal), the whole mini-batches after it in dual form, and a trailing partial
+    one is read out in dual form and left pending; the second result is then the Pending after the last token.
     """
+    steps = steps or EAGER
+    if isinstance(params, Pending):
+        return _dual_from(q, k, target, eta, params, head, mini_batch, token_index_scale, steps)
     weights, biased = learners.augment(params)
     prepared = head.prepare(target)
     keys = learners.first_input(biased, k)
@@ -74,38 +116,95 @@ def causal_dual(q, k, target, eta, params: list[Dense], head, mini_batch: int, t
     sizes = [s for s in (n_full, n - n_full) if s]
     outputs = []
     for q_part, k_part, t_part, e_part in zip(*(x.split(sizes, dim=1) for x in (q, keys, prepared, eta))):
-        b = min(mini_batch, q_part.shape[1])
-        # Mini-batch-major [M, BH, b, ...]: each sequential step reads one contiguous block.
-        chunked = lambda x, b=b: x.unflatten(1, (x.shape[1] // b, b)).transpose(0, 1).contiguous()
-        rates = _mini_batch_rates(chunked(e_part), token_index_scale)  # [M, BH, b, b]
-        last_rates = rates[..., -1, :]  # the rates that carry W to the next mini-batch
-        k_chunks = chunked(k_part)
-        rated_keys = k_chunks * last_rates[..., None]
-        if len(weights) == 1 and isinstance(head, ViewsReconstruction):
-            starts, grads, final = LinearLearnerScan.apply(
-                weights[0], k_chunks, rated_keys, chunked(t_part), head.ln_weight_sq
-            )
-            weights, stacked = [final], ([starts], [k_chunks], [grads])
-        else:
-            weights, stacked = _scan(weights, biased, head, k_chunks, rated_keys, chunked(t_part), last_rates)
-        outputs.append(_dual_readout(chunked(q_part), *stacked, biased, rates, head))
+        output, weights = _dual_mini_batches(
+            q_part, k_part, t_part, e_part, weights, biased, head, mini_batch, token_index_scale, steps
+        )
+        outputs.append(output)
     output = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
     return output, learners.unaugment(weights, biased)
 
 
-def _scan(weights, biased, head, k_chunks, rated_keys, prepared_chunks, last_rates):
+def _dual_mini_batches(q_part, k_part, t_part, e_part, weights, biased, head, mini_batch, token_index_scale, steps):
+    """Whole mini-batches (or one shorter last one) of [BH, M*b, .] tensors from `weights`: (output, final weights)."""
+    b = min(mini_batch, q_part.shape[1])
+    # Mini-batch-major [M, BH, b, ...]: each sequential step reads one contiguous block.
+    chunked = lambda x: x.unflatten(1, (x.shape[1] // b, b)).transpose(0, 1).contiguous()
+    rates = _mini_batch_rates(chunked(e_part), token_index_scale)  # [M, BH, b, b]
+    last_rates = rates[..., -1, :]  # the rates that carry W to the next mini-batch
+    k_chunks = chunked(k_part)
+    rated_keys = k_chunks * last_rates[..., None]
+    if len(weights) == 1 and isinstance(head, ViewsReconstruction):
+        w0 = weights[0]
+        # The scan writes into buffers of one dtype: under autocast it runs outside it, in the inner weights' own
+        # dtype (float32 with amp), so the carried weights are not rounded to bfloat16 at every step. A no-op
+        # otherwise.
+        with torch.autocast(w0.device.type, enabled=False):
+            starts, grads, final = LinearLearnerScan.apply(
+                w0, *(x.to(w0.dtype) for x in (k_chunks, rated_keys, chunked(t_part))), head.ln_weight_sq
+            )
+        weights, stacked = [final], ([starts], [k_chunks], [grads])
+    else:
+        weights, stacked = _scan(weights, biased, head, k_chunks, rated_keys, chunked(t_part), last_rates, steps.scan)
+    return steps.readout(chunked(q_part), *stacked, biased, rates, head), weights
+
+
+def _dual_from(q, k, target, eta, pending: Pending, head, mini_batch, token_index_scale, steps):
+    """causal_dual from a Pending mini-batch -> (output, the Pending after the last token)."""
+    outputs = []
+    if pending.position:
+        n_rest = min(mini_batch - pending.position, q.shape[1])
+        if n_rest == q.shape[1]:
+            return causal_primal(q, k, target, eta, pending, head, mini_batch, token_index_scale, steps)
+        sizes = [n_rest, q.shape[1] - n_rest]
+        (q_rest, q), (k_rest, k), (t_rest, target), (e_rest, eta) = (x.split(sizes, dim=1) for x in (q, k, target, eta))
+        output, pending = causal_primal(q_rest, k_rest, t_rest, e_rest, pending, head, mini_batch, token_index_scale,
+                                        steps)
+        outputs.append(output)
+    weights, biased = pending.weights, pending.biased
+    prepared = head.prepare(target)
+    keys = learners.first_input(biased, k)
+    n = q.shape[1]
+    n_full = n - n % mini_batch
+    sizes = [s for s in (n_full, n - n_full) if s]
+    parts = list(zip(*(x.split(sizes, dim=1) for x in (q, keys, prepared, eta))))
+    if n_full:
+        output, weights = _dual_mini_batches(*parts.pop(0), weights, biased, head, mini_batch, token_index_scale, steps)
+        outputs.append(output)
+    pending = Pending.start(weights, biased)
+    if parts:
+        # A trailing partial mini-batch: every gradient is taken at `weights`, so one batched pass gives them all.
+        q_part, k_part, t_part, e_part = parts[0]
+        inputs, grads = _inner_grads(weights, biased, head, k_part, t_part)
+        first = lambda x: x[None].contiguous()  # one mini-batch, mini-batch-major, laid out as _dual_mini_batches'
+        rates = _mini_batch_rates(e_part, token_index_scale)
+        outputs.append(steps.readout(first(q_part), [first(w) for w in weights], [first(x) for x in inputs],
+                                     [first(g) for g in grads], biased, first(rates), head))
+        accumulated = [x.transpose(-1, -2) @ g for x, g in zip(_rated(inputs, e_part), grads)]
+        pending = Pending(weights, accumulated, q_part.shape[1], biased)
+    output = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
+    return output, pending
+
+
+def _scan(weights, biased, head, k_chunks, rated_keys, prepared_chunks, last_rates, step):
     """The dual form's sequential part for any learner, differentiated by autograd.
 
     Chunked inputs are [M, BH, b, .]. Returns the final weights and, per layer, every mini-batch's
-    start weights [M, BH, e, d], layer inputs [M, BH, b, e] and gradients [M, BH, b, d].
+    start weights [M, BH, e, d], layer inputs [M, BH, b, e] and gradients [M, BH, b, d]. step: _scan_step, or it
+    compiled.
     """
     saved = []
     for k_m, rated_k_m, t_m, last_m in zip(k_chunks, rated_keys, prepared_chunks, last_rates):
-        inputs, grads = _inner_grads(weights, biased, head, k_m, t_m)
+        inputs, grads, next_weights = step(weights, biased, head, k_m, rated_k_m, t_m, last_m)
         saved.append((weights, inputs, grads))
-        weights = _gd_step(weights, _rated(inputs, last_m, rated_k_m), grads)
+        weights = next_weights
     stack = lambda i: [torch.stack([entry[i][layer] for entry in saved]) for layer in range(len(weights))]
     return weights, (stack(0), stack(1), stack(2))
+
+
+def _scan_step(weights, biased, head, k_m, rated_k_m, t_m, last_m):
+    """One mini-batch of the scan: (its layer inputs, its gradients at `weights`, the weights after it)."""
+    inputs, grads = _inner_grads(weights, biased, head, k_m, t_m)
+    return inputs, grads, _gd_step(weights, _rated(inputs, last_m, rated_k_m), grads)
 
 
 def _dual_readout(q_chunks: torch.Tensor, starts, inputs, grads, biased, rates: torch.Tensor, head) -> torch.Tensor:
@@ -122,25 +221,61 @@ def _dual_readout(q_chunks: torch.Tensor, starts, inputs, grads, biased, rates: 
     return head.readout(sequence(z_bar), sequence(q_chunks))
 
 
-def causal_primal(q, k, target, eta, params: list[Dense], head, mini_batch: int, token_index_scale: bool):
-    """Mini-batch TTT token by token, as a decoder runs it: the weights W_i are materialised per token."""
-    weights, biased = learners.augment(params)
+def causal_primal(q, k, target, eta, params, head, mini_batch: int, token_index_scale: bool,
+                  steps: Steps | None = None):
+    """Mini-batch TTT token by token, as a decoder runs it: the weights W_i are materialised per token.
+
+    `params` may instead be a Pending mini-batch (decoding on from a state); the second result is then the Pending
+    after the last token rather than the final weights.
+    """
+    steps = steps or EAGER
+    if isinstance(params, Pending):
+        pending = params
+    else:
+        pending = Pending.start(*learners.augment(params))
+    biased = pending.biased
     prepared = head.prepare(target)
     keys, queries = learners.first_input(biased, k), learners.first_input(biased, q)
     scales = _token_scales(mini_batch, token_index_scale, q)
+    start, accumulated, i = pending.weights, pending.accumulated, pending.position
     outputs = []
-    steps = zip(q.unbind(1), queries.unbind(1), keys.unbind(1), prepared.unbind(1), eta.unbind(1))
-    for t, (q_t, query_t, k_t, p_t, eta_t) in enumerate(steps):
-        i = t % mini_batch
-        if i == 0:
-            start = weights
-            accumulated = [torch.zeros_like(w) for w in start]  # sum_{j<=i} eta_j grad l_j(start)
-        inputs, grads = _inner_grads(start, biased, head, k_t[:, None], p_t[:, None])
-        accumulated = _gd_step(accumulated, _rated(inputs, eta_t[:, None]), grads, sign=1.0)
-        weights = [w0 - scales[i] * acc for w0, acc in zip(start, accumulated)]
-        z = learners.forward_with_cache(weights, biased, query_t[:, None])[0]
-        outputs.append(head.readout(z, q_t[:, None]))
-    return torch.cat(outputs, dim=1), learners.unaugment(weights, biased)
+    steps_in = zip(q.unbind(1), queries.unbind(1), keys.unbind(1), prepared.unbind(1), eta.unbind(1))
+    for q_t, query_t, k_t, p_t, eta_t in steps_in:
+        output, weights, accumulated = steps.primal(
+            start, accumulated, scales[i], biased, head, q_t[:, None], query_t[:, None], k_t[:, None], p_t[:, None],
+            eta_t[:, None],
+        )
+        outputs.append(output)
+        i += 1
+        if i == mini_batch:  # the mini-batch is complete: the next one starts from its last weights
+            start, accumulated, i = weights, [torch.zeros_like(w) for w in weights], 0
+    output = torch.cat(outputs, dim=1)
+    if isinstance(params, Pending):
+        return output, Pending(start, accumulated, i, biased)
+    return output, learners.unaugment(weights, biased)
+
+
+def _primal_step(start, accumulated, scale, biased, head, q_t, query_t, k_t, p_t, eta_t):
+    """One token i of a mini-batch that started from `start` ([BH, 1, .] inputs, scale = s_i)
+    -> (its output, W_i, the accumulated rated gradients with its own)."""
+    inputs, grads = _inner_grads(start, biased, head, k_t, p_t)
+    accumulated = _gd_step(accumulated, _rated(inputs, eta_t), grads, sign=1.0)  # sum_{j<=i} eta_j grad l_j(start)
+    weights = [w0 - scale * acc for w0, acc in zip(start, accumulated)]
+    z = learners.forward_with_cache(weights, biased, query_t)[0]
+    return head.readout(z, q_t), weights, accumulated
+
+
+EAGER = Steps(_scan_step, _dual_readout, _primal_step)
+
+
+def compiled_steps(**options) -> Steps:
+    """Each step compiled once by torch.compile(**options); the loops that call them stay in Python.
+
+    TTT-Linear's scan (LinearLearnerScan) keeps its own step: five ops into preallocated buffers, which a compiled
+    call made slower on the CPU (46 us a step against 36 us eager, at B=1, H=4, d=64, b=16, one thread).
+    """
+    compiled = lambda f: torch.compile(f, **options)
+    return Steps(compiled(_scan_step), compiled(_dual_readout), compiled(_primal_step))
 
 
 def full_batch(q, k, target, eta, params: list[Dense], head, steps: int, order: torch.Tensor | None = None):

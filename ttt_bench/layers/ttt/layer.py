@@ -13,7 +13,9 @@ convolution before the inner loop, output gating, and the learned bias on the 1/
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,10 +25,21 @@ from ttt_bench.errors import ConfigError
 from ttt_bench.layers import attention
 from ttt_bench.layers.base import LayerCost, MixerConfig, SequenceMixer, autograd_backward_macs, projection_macs
 from ttt_bench.layers.registry import register
+from ttt_bench.layers.state import DecodeState
 from ttt_bench.layers.ttt import inner_loop, learners, reference
 from ttt_bench.layers.ttt.reconstruction import InputReconstruction, ViewsReconstruction
 
 W0_INIT_STD = 0.02
+
+
+@dataclass
+class TTTState(DecodeState):
+    """A causal mini-batch TTT layer between tokens, per dense layer l of the inner learner, weight and bias
+    together as W'_l = [W_l; c_l]: [B, H, d_in + 1, d_out] ([B, H, d_in, d_out] without inner biases).
+    Token i = tokens mod b + 1 of the mini-batch in progress reads W_i = weights - s_i * pending."""
+
+    weights: list[torch.Tensor]  # the start weights W' of the mini-batch in progress
+    pending: list[torch.Tensor]  # its tokens' rated gradients so far, sum_{j<=i} eta_j grad l_j(W'); zero between
 
 
 @dataclass
@@ -62,6 +75,10 @@ class TTTConfig(MixerConfig):
     form: str = knob(
         "dual", "causal: 'dual' (mini-batch matmuls; training, prefill) or 'primal' (token by token; decoding)",
     )
+    compile_scope: str = knob(
+        "step", "compile_forms of a causal mini-batch learner: 'step' compiles one step of the loops (a mini-batch "
+        "of the scan, the dual readout, a primal token), which Python calls; 'whole' the layer as written",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -69,6 +86,7 @@ class TTTConfig(MixerConfig):
         check_choice(name, "learner", self.learner, ["linear", "mlp", "kernel"])
         check_choice(name, "reconstruction", self.reconstruction, ["views", "input"])
         check_choice(name, "form", self.form, ["dual", "primal"])
+        check_choice(name, "compile_scope", self.compile_scope, ["step", "whole"])
         check_integer(name, "mini_batch", self.mini_batch, 1)
         check_integer(name, "inner_steps", self.inner_steps, 1)
         check_positive(name, "eta_base", self.eta_base)
@@ -150,26 +168,42 @@ class TTTLayer(SequenceMixer):
             self.register_buffer(name, value)
 
     def mix(self, x: torch.Tensor) -> torch.Tensor:
+        return self._mix(x, inner_loop.EAGER)
+
+    def _mix(self, x: torch.Tensor, steps: inner_loop.Steps) -> torch.Tensor:
+        cfg = self.config
+        if cfg.learner == "kernel":
+            q, k, v = self.qkv(x)
+            return self.merge_heads_and_project(attention.softmax_attention_sdpa(q, k, v, cfg.causal, scale=1.0))
+        batch = x.shape[0]
+        o, _ = self.inner_loop(*self.views(x), self.initial_weights(batch), self.head(batch), steps=steps)
+        return self.merge(o)
+
+    def views(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The inner loop's inputs, per (sequence, head): q, k: [BH, N, d], target: [BH, N, e] (what the head
+        reconstructs), eta: [BH, N]."""
         cfg = self.config
         batch, seq_len, _ = x.shape
         if cfg.reconstruction == "input":
             q, k = (self.split_heads(t) for t in self.to_qkv(x).chunk(2, dim=-1))
         else:
             q, k, v = self.qkv(x)
-        if cfg.learner == "kernel":
-            return self.merge_heads_and_project(attention.softmax_attention_sdpa(q, k, v, cfg.causal, scale=1.0))
-
         flat = lambda t: t.flatten(0, 1)  # [B, H, N, e] -> [BH, N, e]
         q, k = flat(q), flat(k)
         if cfg.reconstruction == "input":
             target = x.unsqueeze(1).expand(batch, cfg.n_heads, seq_len, cfg.d_model).flatten(0, 1)
         else:
             target = flat(v) - k if cfg.ln_residual else flat(v)
-        o, _ = self.inner_loop(q, k, target, flat(self.inner_rates(x)), self.initial_weights(batch), self.head(batch))
-        return self.merge_heads_and_project(o.unflatten(0, (batch, cfg.n_heads)))
+        return q, k, target, flat(self.inner_rates(x))
 
-    def inner_loop(self, q, k, target, eta, params, head, use_reference: bool = False):
-        """The configured inner loop on [BH, N, .] tensors -> (output [BH, N, d], final weights)."""
+    def merge(self, o: torch.Tensor) -> torch.Tensor:
+        """The inner loop's output o: [BH, N, d] -> [B, N, D] through the output projection."""
+        return self.merge_heads_and_project(o.unflatten(0, (-1, self.config.n_heads)))
+
+    def inner_loop(self, q, k, target, eta, params, head, use_reference: bool = False,
+                   steps: inner_loop.Steps | None = None):
+        """The configured inner loop on [BH, N, .] tensors -> (output [BH, N, d], final weights); from a Pending
+        mini-batch instead of W0 (causal forms only), -> (output, the Pending after the last token)."""
         cfg = self.config
         if not cfg.causal:
             order = None
@@ -178,10 +212,65 @@ class TTTLayer(SequenceMixer):
             run = reference.full_batch_reference if use_reference else inner_loop.full_batch
             return run(q, k, target, eta, params, head, cfg.inner_steps, order)
         if use_reference:
-            run = reference.causal_reference
+            return reference.causal_reference(q, k, target, eta, params, head, cfg.mini_batch, cfg.token_index_scale)
+        run = inner_loop.causal_dual if cfg.form == "dual" else inner_loop.causal_primal
+        return run(q, k, target, eta, params, head, cfg.mini_batch, cfg.token_index_scale, steps)
+
+    def decode(self, x: torch.Tensor, state: TTTState | attention.KVCache | None):
+        return self._decode(x, state, inner_loop.EAGER)
+
+    def _decode(self, x: torch.Tensor, state, steps: inner_loop.Steps):
+        """x: [B, n, D] from `state` (None: before the first token) -> (y [B, n, D], the state after x). A prefill
+        (n > 1) runs the dual form over whole mini-batches; a step (n = 1) or the primal form runs token by token."""
+        self._check_decodes()  # MTTT trains on the whole sequence: it has no causal recurrence to run
+        cfg = self.config
+        if cfg.learner == "kernel":
+            q, k, v = self.qkv(x)
+            cache = attention.KVCache.extend(state, k, v)
+            # One query sees the whole cache: no mask to build.
+            o = attention.softmax_attention_sdpa(q, cache.keys, cache.values, x.shape[1] > 1, scale=1.0)
+            return self.merge_heads_and_project(o), cache
+        batch, heads = x.shape[0], cfg.n_heads
+        if state is None:
+            pending = inner_loop.Pending.start(*learners.augment(self.initial_weights(batch)))
         else:
-            run = inner_loop.causal_dual if cfg.form == "dual" else inner_loop.causal_primal
-        return run(q, k, target, eta, params, head, cfg.mini_batch, cfg.token_index_scale)
+            flat = lambda tensors: [t.flatten(0, 1) for t in tensors]
+            pending = inner_loop.Pending(flat(state.weights), flat(state.pending), state.tokens % cfg.mini_batch,
+                                         [cfg.inner_bias] * self.n_inner_layers)
+        prefill = cfg.form == "dual" and x.shape[1] > 1
+        run = inner_loop.causal_dual if prefill else inner_loop.causal_primal
+        o, pending = run(*self.views(x), pending, self.head(batch), cfg.mini_batch, cfg.token_index_scale, steps)
+        per_sequence = lambda tensors: [t.unflatten(0, (batch, heads)) for t in tensors]
+        tokens = x.shape[1] + (0 if state is None else state.tokens)
+        return self.merge(o), TTTState(tokens, per_sequence(pending.weights), per_sequence(pending.accumulated))
+
+    def compile_forms(self, **options: Any) -> dict[str, Callable]:
+        """With compile_scope='step', a causal mini-batch learner's forms keep their Python loops and call steps
+        compiled once each (inner_loop.compiled_steps), handed to them as an argument: the layer itself, self(x)
+        and self.decode, stays eager, and the compiled forms share its parameters. The kernel learner and MTTT have
+        no loop over mini-batches, so they are compiled whole, as is everything with compile_scope='whole'."""
+        cfg = self.config
+        if cfg.compile_scope == "whole" or cfg.learner == "kernel" or not cfg.causal:
+            return super().compile_forms(**options)
+        steps = inner_loop.compiled_steps(**options)
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            self.check_input(x)
+            return self._mix(x, steps)
+
+        def decode(x: torch.Tensor, state: TTTState | None) -> tuple[torch.Tensor, TTTState]:
+            return self._decode(x, state, steps)
+
+        return {"forward": forward, "decode": decode}
+
+    def decode_state_numel(self, batch: int, context: int) -> int:
+        self._check_decodes()
+        cfg = self.config
+        if cfg.learner == "kernel":
+            return 2 * batch * context * cfg.d_model  # keys and values, H x d = D per token each
+        widths = learners.layer_widths(cfg.learner, cfg.head_dim)
+        augmented = sum((d_in + int(cfg.inner_bias)) * d_out for d_in, d_out in widths)
+        return 2 * batch * cfg.n_heads * augmented  # start weights and pending gradients
 
     def inner_rates(self, x: torch.Tensor) -> torch.Tensor:
         """eta: [B, H, N]."""

@@ -38,6 +38,9 @@ def layer_norm_l2_grad(z: torch.Tensor, weight_sq: torch.Tensor, prepared: torch
     closed form, r (A - mean(A) - N mean(A N)) with N = LN(z), r = 1/std(z), A = N w^2 + prepared.
     """
     shape = z.shape[-1:]
+    # Under autocast z comes from a low-precision matmul while w and t are float32: one dtype for the whole
+    # gradient (a no-op without autocast).
+    z = z.to(torch.promote_types(z.dtype, prepared.dtype))
     normed, mean, inv_std = torch.native_layer_norm(z, shape, None, None, LN_EPS)
     grad_normed = torch.addcmul(prepared, normed, weight_sq)  # (LN(z) w + b - t) w
     if torch.jit.is_tracing():
