@@ -80,3 +80,22 @@ def test_step_takes_one_token():
     _, state = layer.prefill(x)
     with pytest.raises(ValueError, match=r"step takes one token, x_t: \[B, 1, D\]; got shape \[1, 2, 16\]"):
         layer.step(x[:, :2], state)
+
+
+@pytest.mark.parametrize("name", KV_CACHE_LAYERS)
+def test_a_kv_cache_appends_in_place_and_a_branch_copies_first(name):
+    """Appending a token writes into the cache's block (no copy of the whole cache per token); a second extension of
+    the same state (a branch) copies, so each branch reads its own keys and the first is left as it was."""
+    layer = layer_check.small(name)
+    x = torch.randn(1, 12, layer_check.D_MODEL, dtype=torch.float64)
+    with torch.inference_mode():
+        _, state = layer.prefill(x[:, :10])
+        first_y, first = layer.step(x[:, 10:11], state)
+        assert first.keys.data_ptr() == state.keys.data_ptr()  # the same block, written in place
+        second_y, second = layer.step(x[:, 11:12], state)
+        assert second.keys.data_ptr() != state.keys.data_ptr()
+        again_y, _ = layer.step(x[:, 10:11], first)  # the first branch reads its own token, not the second's
+        alone_y, _ = layer.step(x[:, 10:11], layer.prefill(x[:, :11])[1])
+    layer_check.check_close(again_y, alone_y, 1e-12, "the first branch after a second branch was taken")
+    fresh_y, _ = layer.step(x[:, 11:12], layer.prefill(x[:, :10])[1])
+    layer_check.check_close(second_y, fresh_y, 1e-12, "the second branch")

@@ -19,7 +19,7 @@ from ttt_bench.sweep.schema import SuiteError
 TINY = dict(d_model=16, n_heads=2)
 FAST = TimingBudget(min_total_s=0.0, min_repeats=2, slow_call_s=1.0, slow_min_repeats=2, max_repeats=2)
 INFERENCE = ("prefill", "decode")
-DECODE = DecodeSettings(steps=32, prefill_chunk=16)
+DECODE = DecodeSettings(samples=32, prefill_chunk=16)
 
 
 def _rows(cell: Cell, passes=INFERENCE, metrics=("memory", "time")):
@@ -34,7 +34,8 @@ def test_prefill_and_decode_rows_time_each_token_and_measure_the_state(layer):
         assert row["status"] == "ok", row["message"]
         assert row["state_bytes"] == row["state_bytes_stated"] > 0, measurement
     decode = rows["decode"]
-    assert decode["time_repeats"] == 32  # one timed call per generated token
+    assert decode["time_repeats"] == 32  # timed samples, each of tokens_per_sample generated tokens
+    assert decode["tokens_per_sample"] >= 1
     assert decode["tokens_per_s"] == pytest.approx(3 / (decode["time_ms"] / 1000))
     assert decode["flops"] is None and decode["tflops_per_s"] is None  # a step's work is not stated
     assert rows["prefill"]["flops"] > 0 and rows["prefill"]["tokens_per_s"] > 0
@@ -45,11 +46,11 @@ def test_the_decode_peak_holds_the_state_and_one_prefill_chunk():
     spans a chunk, while attention's grows by at least its KV cache."""
     peaks = {}
     for layer in ("ttt-linear", "attention-sdpa-causal"):
-        for seq_len in (64, 256):
+        for seq_len in (256, 1024):  # whole blocks of the KV cache
             rows = _rows(Cell(layer, seq_len, **TINY), passes=("decode",), metrics=("memory",))
             peaks[layer, seq_len] = rows["decode"]["peak_bytes"], rows["decode"]["state_bytes"]
-    assert peaks["ttt-linear", 64] == peaks["ttt-linear", 256]
-    (small, small_state), (large, large_state) = peaks["attention-sdpa-causal", 64], peaks["attention-sdpa-causal", 256]
+    assert peaks["ttt-linear", 256] == peaks["ttt-linear", 1024]
+    (small, small_state), (large, large_state) = (peaks["attention-sdpa-causal", n] for n in (256, 1024))
     assert large_state == 4 * small_state and large - small >= large_state - small_state
 
 
@@ -119,12 +120,12 @@ def _suite(tmp_path: Path, text: str):
 
 def test_measurements_choose_the_passes_and_inference_settings_enter_only_decoding_cells(tmp_path):
     suite = _suite(tmp_path, 'layers = ["ttt-linear"]\nmeasurements = ["decode", "forward"]\n[grid]\nseq_len = 64\n'
-                             '[measure]\ndecode_steps = 40\nprefill_chunk = 32\n')
+                             '[measure]\ndecode_samples = 40\nprefill_chunk = 32\n')
     (cell,) = suite.cells()
     assert cell.passes == ("fwd", "decode") and cell.measurements == ("forward", "decode")
-    assert {"decode_steps": 40, "prefill_chunk": 32}.items() <= cell.measure_settings.items()
+    assert {"decode_samples": 40, "prefill_chunk": 32}.items() <= cell.measure_settings.items()
     training_only = _suite(tmp_path, 'layers = ["ttt-linear"]\n[grid]\nseq_len = 64\n').cells()[0]
-    assert "decode_steps" not in training_only.measure_settings
+    assert "decode_samples" not in training_only.measure_settings
 
 
 def test_hashes_of_cells_from_before_the_backend_and_amp_axes_stay_valid():
@@ -149,7 +150,7 @@ def test_amp_with_a_float32_grid_point_is_skipped_with_the_reason(tmp_path):
     ('measurements = ["decode", "decode"]', "each measurement may appear once"),
     ('[grid]\nseq_len = 8\nbackend = "jit"', "key 'grid.backend[0]'"),
     ('[grid]\nseq_len = 8\namp = 1', "key 'grid.amp[0]': value 1 is not allowed; use true or false"),
-    ('[measure]\ndecode_steps = 8', "decode_steps"),
+    ('[measure]\ndecode_samples = 8', "decode_samples"),
 ])
 def test_inference_keys_refuse_mistakes_naming_the_key(tmp_path, text, named):
     with pytest.raises(SuiteError, match=named.replace("[", r"\[").replace("]", r"\]")):
@@ -175,7 +176,7 @@ def test_a_run_writes_inference_rows_that_load_as_results(tmp_path, monkeypatch)
         ("linear-attention-causal", "decode", "ok"), ("linear-attention-causal", "prefill", "ok")]
     assert set(frame["backend"]) == {"eager"} and not frame["amp"].any()
     settings = json.loads(frame["measure_settings"].iloc[0])
-    assert settings["prefill_chunk"] == 8 and settings["decode_steps"] == 32
+    assert settings["prefill_chunk"] == 8 and settings["decode_samples"] == 32
 
 
 @pytest.mark.parametrize("name", names())

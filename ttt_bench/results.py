@@ -163,6 +163,9 @@ COLUMNS: tuple[Column, ...] = (
         ("time_repeats", INT, "count", "timed calls"),
         ("time_spread", FLOAT, "ratio", "p80 / p20 of the timed calls: 1 is a steady clock",
          {"label": "spread p80/p20 (ratio)"}),
+        ("tokens_per_sample", INT, "tokens", "decode rows: generated tokens per timed sample (consecutive steps, "
+         "enough for a sample to last 1 ms, so the timer's jitter does not swamp a short step); time_ms and its "
+         "percentiles are per token, time_repeats counts samples"),
         ("tokens_per_s", FLOAT, "tokens/s", "B x N over the median time (decode rows: B; training cells: over "
          "training)",
          {"label": "throughput (tokens/s)", "better": "higher"}),

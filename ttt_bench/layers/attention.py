@@ -6,7 +6,8 @@ flash / memory-efficient kernels on GPU. The naive form is also the reference th
 tested against. Shapes: q, k, v: [B, H, N, d].
 
 Decoding (causal variants): the state is a KV cache, every key and value read so far ([B, H, t, d] each after
-t tokens), so it grows with the context; each new chunk of queries attends to the cache and to itself.
+t tokens, in buffers that grow a block of KV_BLOCK tokens at a time), so it grows with the context; each new
+chunk of queries attends to the cache and to itself.
 """
 
 from __future__ import annotations
@@ -75,22 +76,52 @@ class AttentionConfig(MixerConfig):
         check_choice("attention", "causal", self.causal, [True, False])
 
 
+KV_BLOCK = 256  # tokens: the cache grows a block at a time, as paged KV caches do
+
+
 @dataclass
 class KVCache(DecodeState):
-    """Every key and value read so far: keys, values: [B, H, tokens, d]."""
+    """Every key and value read so far, in buffers of whole blocks: keys, values: [B, H, capacity, d], whose first
+    `tokens` positions are filled (capacity: tokens rounded up to KV_BLOCK; the rest zero). Appending a token
+    writes into the buffers: copying the whole cache at every token (torch.cat) would double the memory traffic
+    of reading it, which is what a decode step of attention costs. The states of one decode share the buffers;
+    a state extended a second time (a branch: another extension already wrote past it) copies first, so no state
+    ever sees another's keys."""
 
     keys: torch.Tensor
     values: torch.Tensor
+    filled: list[int]  # [positions written in the shared buffers]: one list per buffer, seen by every state on it
+
+    def read(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys and values of the tokens read: [B, H, tokens, d] each (views of the buffers)."""
+        return self.keys[..., : self.tokens, :], self.values[..., : self.tokens, :]
 
     @staticmethod
     def extend(cache: KVCache | None, keys: torch.Tensor, values: torch.Tensor) -> KVCache:
-        """A new cache holding `cache`'s keys and values (None: none yet) followed by keys, values: [B, H, n, d];
-        `cache` is left as it was, for a caller that keeps it."""
-        if cache is None:
-            # Copies of the projections' views, which would otherwise keep the whole q, k, v buffer alive.
-            return KVCache(keys.shape[-2], keys.contiguous(), values.contiguous())
-        return KVCache(cache.tokens + keys.shape[-2], torch.cat([cache.keys, keys], dim=-2),
-                       torch.cat([cache.values, values], dim=-2))
+        """The cache after `cache` (None: none yet) and keys, values: [B, H, n, d]; `cache` still reads as it did."""
+        start = 0 if cache is None else cache.tokens
+        end = start + keys.shape[-2]
+        shared = cache is not None and cache.filled[0] == start and end <= cache.keys.shape[-2]
+        if shared:
+            key_buffer, value_buffer, filled = cache.keys, cache.values, cache.filled
+        else:
+            batch, heads, _, width = keys.shape
+            capacity = -(-end // KV_BLOCK) * KV_BLOCK
+            key_buffer, value_buffer = (keys.new_zeros(batch, heads, capacity, width) for _ in range(2))
+            if cache is not None:
+                old_keys, old_values = cache.read()
+                key_buffer[..., :start, :] = old_keys
+                value_buffer[..., :start, :] = old_values
+            filled = [start]
+        key_buffer[..., start:end, :] = keys
+        value_buffer[..., start:end, :] = values
+        filled[0] = end
+        return KVCache(end, key_buffer, value_buffer, filled)
+
+    @staticmethod
+    def buffer_numel(batch: int, context: int, d_model: int) -> int:
+        """Elements of the buffers after `context` tokens: keys and values, H x d = D per position each."""
+        return 2 * batch * (-(-context // KV_BLOCK) * KV_BLOCK) * d_model
 
 
 @register("attention-naive", impl="naive")
@@ -115,11 +146,11 @@ class SoftmaxAttention(SequenceMixer):
         q, k, v = self.qkv(x)
         cache = KVCache.extend(state, k, v)
         # One query sees the whole cache: no mask to build.
-        o = self.attend(q, cache.keys, cache.values, causal=x.shape[1] > 1)
+        o = self.attend(q, *cache.read(), causal=x.shape[1] > 1)
         return self.merge_heads_and_project(o), cache
 
     def decode_state_numel(self, batch: int, context: int) -> int:
-        return 2 * batch * context * self.config.d_model  # keys and values, H x d = D per token each
+        return KVCache.buffer_numel(batch, context, self.config.d_model)
 
     def cost(self, batch: int, seq_len: int) -> LayerCost:
         cfg = self.config

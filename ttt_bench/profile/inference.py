@@ -2,10 +2,11 @@
 
     prefill   the layer's prefill(x) under torch.inference_mode: x [B, N, D] -> (y, the state after token N)
     decode    the prompt of N tokens prefilled in chunks of `prefill_chunk` tokens (each chunk's input made and
-              dropped in turn, so what stays between chunks is the state, as a server holds it), then `steps`
-              tokens generated one at a time from that state, each timed on its own. Its peak memory is taken
-              over the whole of it: the state plus one chunk's work, which is what must fit to serve a context
-              of N (the inference out-of-memory frontier, `ttt-bench oom` with [oom] measurement = "decode").
+              dropped in turn, so what stays between chunks is the state, as a server holds it), then tokens
+              generated one at a time from that state, timed in samples of consecutive steps (measure.py:
+              timed_decode). Its peak memory is taken over the prefill and the first `samples` tokens: the state
+              plus one chunk's work, which is what must fit to serve a context of N (the inference
+              out-of-memory frontier, `ttt-bench oom` with [oom] measurement = "decode").
 
 A layer without the step API (a non-causal one) has no decode; its prefill is its forward under inference_mode,
 with no state. The callables come from the cell's backend (profile/backend.py): the layer's own forms or
@@ -25,7 +26,7 @@ from ttt_bench.layers.state import DecodeState
 
 @dataclass(frozen=True)
 class DecodeSettings:
-    steps: int = 32  # generated tokens, each timed
+    samples: int = 32  # timed samples of generated tokens (profile/measure.py: timed_decode)
     prefill_chunk: int = 1024  # tokens per prefill call when the prompt is made chunk by chunk
 
 
@@ -65,7 +66,7 @@ class InferenceWorkload:
         """What serving a context of N takes: the chunked prefill, then the generated tokens; keeps the state (and
         the size it had after the prompt)."""
         self.state = self.prefill_in_chunks()
-        for _ in range(self.settings.steps):
+        for _ in range(self.settings.samples):
             self.step()
 
     def step(self) -> torch.Tensor:

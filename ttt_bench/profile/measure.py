@@ -9,6 +9,7 @@ forward with autograd recording, as in training, so its peak holds what backward
 from __future__ import annotations
 
 import gc
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from ttt_bench.profile.backend import autocast_context, check_compiled, compiled
 from ttt_bench.profile.flops import count_with_flop_counter, count_with_fvcore
 from ttt_bench.profile.inference import DecodeSettings, InferenceWorkload
 from ttt_bench.profile.memory import measure_cuda_peak_bytes, measure_peak_bytes, nvml_device_info
-from ttt_bench.profile.timing import Timing, time_callable
+from ttt_bench.profile.timing import Timing, clock_for, time_callable
 from ttt_bench.results import ALL_PASSES, INFERENCE_PASSES, MEASUREMENT_OF_PASS, NOISY_SPREAD, PASSES
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -32,7 +33,8 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.
 PASS_COLUMNS = (
     "macs", "flops", "useful_macs", "useful_flops", "macs_per_token", "macs_fvcore", "macs_flop_counter",
     "peak_bytes", "cuda_peak_bytes", "ms", "p20_ms", "p80_ms", "repeats", "spread", "noisy", "tokens_per_s",
-    "tflops_per_s", "state_bytes", "state_bytes_stated", "compile_s", "compile_error", "status", "message",
+    "tflops_per_s", "tokens_per_sample", "state_bytes", "state_bytes_stated", "compile_s", "compile_error", "status",
+    "message",
 )
 # Every column measure_cell can fill, in order; a column a cell did not reach is left empty (NaN).
 ROW_COLUMNS = [
@@ -196,9 +198,8 @@ def measure_cell(
         if "time" in metrics:
             for name in passes:
                 if name == "decode":
-                    timing = time_callable(inference.step, warmup=1, min_total_s=0.0, min_repeats=decode.steps,
-                                           max_repeats=decode.steps, device=device)
-                    row.update(timing_columns(name, timing, cell.batch, None))
+                    timing, group = timed_decode(inference, decode.samples, device)
+                    row.update(timing_columns(name, timing, cell.batch, None), decode_tokens_per_sample=group)
                 else:
                     timing = timed_with_probe(calls[name], zero_grads, budget, device)
                     row.update(timing_columns(name, timing, cell.batch * cell.seq_len, row[f"{name}_flops"]))
@@ -338,6 +339,30 @@ def timing_columns(name: str, timing: Timing, tokens: int, flops: int | None) ->
         # Achieved, from the analytic (dense) FLOPs; none for a decode step, whose work the layers do not state.
         f"{name}_tflops_per_s": None if flops is None else flops / seconds / 1e12,
     }
+
+
+# A timed sample of decoding lasts at least this long: a step of a small recurrent layer takes ~0.1 ms on a CPU,
+# where the timer's and the scheduler's jitter alone spread single calls by 1.5x.
+MIN_DECODE_SAMPLE_MS = 1.0
+PROBE_STEPS = 4  # untimed steps twice over: a warm-up, then the probe that sizes the samples
+
+
+def timed_decode(inference: InferenceWorkload, samples: int, device: torch.device) -> tuple[Timing, int]:
+    """Per generated token: `samples` timed samples, each a run of `group` consecutive steps from the kept state
+    (group: enough steps for MIN_DECODE_SAMPLE_MS, from an untimed probe), divided by `group`."""
+    def run_group(group: int) -> None:
+        for _ in range(group):
+            inference.step()
+
+    run_group(PROBE_STEPS)  # warm-up: a first step can pay one-time costs
+    probe_ms = clock_for(device)(lambda: run_group(PROBE_STEPS)) / PROBE_STEPS
+    group = max(1, math.ceil(MIN_DECODE_SAMPLE_MS / max(probe_ms, 1e-6)))
+
+    timing = time_callable(lambda: run_group(group), warmup=0, min_total_s=0.0, min_repeats=samples,
+                           max_repeats=samples, device=device)
+    per_token = lambda ms: ms / group
+    return Timing(per_token(timing.median_ms), per_token(timing.p20_ms), per_token(timing.p80_ms),
+                  timing.repeats), group
 
 
 def timed_with_probe(

@@ -56,7 +56,7 @@ def time_callable(
             f"min_repeats={min_repeats}, max_repeats={max_repeats} are not allowed; "
             f"they must satisfy 1 <= min_repeats <= max_repeats"
         )
-    clock = _clock_for(torch.device(device))
+    clock = clock_for(torch.device(device))
 
     for _ in range(warmup):
         if setup is not None:
@@ -76,7 +76,8 @@ def time_callable(
     return Timing(median_ms=float(median), p20_ms=float(p20), p80_ms=float(p80), repeats=len(times_ms))
 
 
-def _clock_for(device: torch.device) -> Callable[[Callable[[], Any]], float]:
+def clock_for(device: torch.device) -> Callable[[Callable[[], Any]], float]:
+    """A function that runs a callable once and returns its wall-clock in ms (CUDA events on a GPU)."""
     if device.type == "cpu":
         return _time_cpu_ms
     if device.type == "cuda":

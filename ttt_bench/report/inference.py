@@ -23,8 +23,9 @@ VERBS = {"decode": "decodes", "prefill": "prefills"}
 TIME_WHAT = {
     "decode": ("Median wall-clock time (ms) of one generated token (a decode step: B sequences, one token each, "
                "under torch.inference_mode) after a prompt of N tokens, against the context N (tokens), log-log, "
-               "with its p20-p80 band over the timed steps (`decode_steps` in [measure], 32 by default, each timed "
-               "on its own). The prompt is prefilled first, in chunks of `prefill_chunk` tokens, and its state kept "
+               "with its p20-p80 band over the timed samples (`decode_samples` in [measure], 32 by default; each "
+               "sample a run of consecutive steps lasting 1 ms or more, `tokens_per_sample`, divided by its steps). "
+               "The prompt is prefilled first, in chunks of `prefill_chunk` tokens, and its state kept "
                "as a server keeps it; each step extends that state by one token, so a step's context is N plus the "
                "few dozen tokens generated before it. Softmax attention reads its whole KV cache at every token, so "
                "its time tends to N^1 once N outgrows the per-token overhead; a layer whose state has a fixed size "
@@ -201,8 +202,8 @@ def _serving_memory_section(writer, points, reference, crossovers, setting, suff
     cross = " A cross marks the first N that ran out of memory." if (serving["status"] == "oom").any() else ""
     caption = (f"Peak tracked memory (MiB = 2^20 bytes: live tensor bytes, weights and inputs included) of serving a "
                f"context of N tokens: the largest total over the prompt prefilled in chunks of `prefill_chunk` "
-               f"tokens (each chunk's input made and dropped in turn, the state kept) and the `decode_steps` tokens "
-               f"generated after it, against the context N (tokens), log-log. It is what must fit to serve a context "
+               f"tokens (each chunk's input made and dropped in turn, the state kept) and the `decode_samples` tokens "
+               f"generated first after it, against the context N (tokens), log-log. It is what must fit to serve a context "
                f"of N (`ttt-bench oom` with [oom] measurement = \"decode\" bisects it). Measured on eager cells only: "
                f"compiled kernels allocate outside the tracker, so compiled series are not drawn. {_fit_text()} "
                f"(fewer than two N, or the peak falling as N grows).{cross}{lighter}")

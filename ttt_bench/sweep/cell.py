@@ -59,7 +59,7 @@ def _profile_rows(cell: PlannedCell) -> list[dict[str, object]]:
         metrics=tuple(m for m in cell.metrics if m != "flops" or counts_flops),
         passes=cell.passes,
         skip_reason=cell.skip_reason,
-        decode=DecodeSettings(cell.settings.decode_steps, cell.settings.prefill_chunk),
+        decode=DecodeSettings(cell.settings.decode_samples, cell.settings.prefill_chunk),
     )
     row["memory_budget_bytes"] = budget
     if "time" in cell.metrics and row["status"] == "ok":

@@ -64,7 +64,7 @@ class Training:
         }
 
 
-DECODE_SETTINGS = ("decode_steps", "prefill_chunk")  # [measure] settings that shape decode rows only
+DECODE_SETTINGS = ("decode_samples", "prefill_chunk")  # [measure] settings that shape decode rows only
 
 
 @dataclass(frozen=True)

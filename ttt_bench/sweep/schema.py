@@ -115,8 +115,8 @@ class MeasureSettings:
     memory_budget_gib: float | None = knob(
         None, "tracked-bytes budget per cell in GiB; unset: half the free memory on CPU, the card's own on CUDA",
         Optional(Number(0.0, MAX_GIB)))
-    decode_steps: int = knob(32, "decode: tokens generated after the prompt, each timed; the median and p20/p80 are "
-                             "over them", Integer(32, 2**20))
+    decode_samples: int = knob(32, "decode: timed samples of generated tokens, each a run of consecutive steps lasting "
+                               "1 ms or more; the median and p20/p80 per token are over them", Integer(32, 2**20))
     prefill_chunk: int = knob(1024, "decode: the prompt is prefilled in chunks of this many tokens, each made and "
                               "dropped in turn, so the peak holds the state and one chunk", Integer(1, MAX_SEQ_LEN))
     count_flops_max_seq_len: int = knob(1024, "count FLOPs with fvcore and FlopCounterMode up to this N (tokens)",

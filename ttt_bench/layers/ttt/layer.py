@@ -228,7 +228,7 @@ class TTTLayer(SequenceMixer):
             q, k, v = self.qkv(x)
             cache = attention.KVCache.extend(state, k, v)
             # One query sees the whole cache: no mask to build.
-            o = attention.softmax_attention_sdpa(q, cache.keys, cache.values, x.shape[1] > 1, scale=1.0)
+            o = attention.softmax_attention_sdpa(q, *cache.read(), x.shape[1] > 1, scale=1.0)
             return self.merge_heads_and_project(o), cache
         batch, heads = x.shape[0], cfg.n_heads
         if state is None:
@@ -267,7 +267,7 @@ class TTTLayer(SequenceMixer):
         self._check_decodes()
         cfg = self.config
         if cfg.learner == "kernel":
-            return 2 * batch * context * cfg.d_model  # keys and values, H x d = D per token each
+            return attention.KVCache.buffer_numel(batch, context, cfg.d_model)
         widths = learners.layer_widths(cfg.learner, cfg.head_dim)
         augmented = sum((d_in + int(cfg.inner_bias)) * d_out for d_in, d_out in widths)
         return 2 * batch * cfg.n_heads * augmented  # start weights and pending gradients
