@@ -36,6 +36,11 @@ TIME_WHAT = {
                 "band."),
 }
 CONTEXT_AXIS = "context N (prompt tokens)"
+# A decode step of a fixed-state layer takes the same time at every N, measured cell by cell: on a shared CPU its
+# median drifts between cells by more than each cell's p20-p80 band (TTT-Linear's 0.23 to 0.39 ms over three runs of
+# suites/inference.toml, reports/cpu-inference/NOTES.md). A fall of decode time with N refuses a fit or a crossover
+# only beyond that band by more than the factor a single timing is trusted to (NOISY_SPREAD).
+FALL_TOLERANCE = {"decode": NOISY_SPREAD}
 NO_INFERENCE_TIMES = ("No {measurement} timings in these results: run a suite with measurements = [\"prefill\", "
                       "\"decode\"] and \"time\" in its metrics.")
 
@@ -45,7 +50,7 @@ def sections(writer, rows: pd.DataFrame, points: pd.DataFrame, setting: str, suf
     """The inference sections of one setting group: `rows` its prefill and decode rows, `points` their
     frames.scaling_points; `writer` saves figures (build._SectionWriter)."""
     reference = reference_variant(points, requested_reference)
-    crossovers = (scaling.crossovers(points, reference) if reference
+    crossovers = (scaling.crossovers(points, reference, FALL_TOLERANCE) if reference
                   else pd.DataFrame(columns=scaling.CROSSOVER_COLUMNS))
     found = [_time_section(writer, points, measurement, reference, crossovers, setting, suffix)
              for measurement in ("decode", "prefill")]
@@ -79,7 +84,7 @@ def _measured_series(points: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 def _exponents(points: pd.DataFrame, metric: str) -> pd.DataFrame:
     """scaling.exponents, each rounded to 6 decimals: a state that does not grow fits as N^0, not N^-1.6e-15."""
-    fits = scaling.exponents(points, metric)
+    fits = scaling.exponents(points, metric, FALL_TOLERANCE)
     return fits.assign(exponent=fits["exponent"].round(6) + 0.0)
 
 
@@ -118,8 +123,12 @@ def _time_section(writer, points, measurement, reference, crossovers, setting, s
                f"faster than attention)." if reference else "No softmax-attention variant here to star a crossover "
                                                               "against.")
     cross = " A cross marks the first N that ran out of memory." if (mine["status"] == "oom").any() else ""
+    tolerance = FALL_TOLERANCE.get(measurement, 1.0)
+    falling = ("falling as N grows beyond its p20-p80 band" if tolerance == 1.0 else
+               f"falling as N grows beyond its p20-p80 band by more than {tolerance:g}x: a fixed-size state's step "
+               f"time drifts between cells by more than one cell's band")
     caption = (f"{TIME_WHAT[measurement]} {_fit_text()} (fewer than two N, a noisy timing among them, or the time "
-               f"falling as N grows).{hollow}{cross} {against}")
+               f"{falling}).{hollow}{cross} {against}")
     if measurement == "decode":
         caption += " Layers that are not causal have no decode: they are listed under Cells that did not finish."
     values = mine[["series", "seq_len", "status", "time_ms", "time_p20_ms", "time_p80_ms", "time_spread", "noisy",
@@ -202,11 +211,11 @@ def _serving_memory_section(writer, points, reference, crossovers, setting, suff
     cross = " A cross marks the first N that ran out of memory." if (serving["status"] == "oom").any() else ""
     caption = (f"Peak tracked memory (MiB = 2^20 bytes: live tensor bytes, weights and inputs included) of serving a "
                f"context of N tokens: the largest total over the prompt prefilled in chunks of `prefill_chunk` "
-               f"tokens (each chunk's input made and dropped in turn, the state kept) and the `decode_samples` tokens "
-               f"generated first after it, against the context N (tokens), log-log. It is what must fit to serve a context "
-               f"of N (`ttt-bench oom` with [oom] measurement = \"decode\" bisects it). Measured on eager cells only: "
-               f"compiled kernels allocate outside the tracker, so compiled series are not drawn. {_fit_text()} "
-               f"(fewer than two N, or the peak falling as N grows).{cross}{lighter}")
+               f"tokens (each chunk's input made and dropped in turn, the state kept) and the first "
+               f"`decode_samples` tokens generated after it, against the context N (tokens), log-log. It is what must "
+               f"fit to serve a context of N (`ttt-bench oom` with [oom] measurement = \"decode\" bisects it). "
+               f"Measured on eager cells only: compiled kernels allocate outside the tracker, so compiled series "
+               f"are not drawn. {_fit_text()} (fewer than two N, or the peak falling as N grows).{cross}{lighter}")
     table = _exponent_table(fits, "memory_exponent")
     if reference:
         mine = crossovers[crossovers["measurement"] == "decode"]

@@ -27,12 +27,14 @@ class Exponent:
         return f"N^{self.value:.2f}" if math.isfinite(self.value) else self.reason
 
 
-def fit_exponent(seq_lens, values, noisy=None, metric: str = "time_ms", low=None, high=None) -> Exponent:
+def fit_exponent(seq_lens, values, noisy=None, metric: str = "time_ms", low=None, high=None,
+                 fall_tolerance: float = 1.0) -> Exponent:
     """a in value ~ N^a: least squares on log-log over the points within FIT_SPAN of the largest N. Refused, with
     the reason, where fewer than two N are there, where one of those points is noisy (`noisy`, per point) or
     where the value falls as N grows: a power law fitted to that is noise, not a result. With a band per point
     (`low`, `high`: a time's p20 and p80) a fall counts only beyond it, the next point's high below this one's
-    low, as a crossover does: a flat stretch within the timing noise (overhead at small N) is no fall."""
+    low, as a crossover does: a flat stretch within the timing noise (overhead at small N) is no fall. With
+    `fall_tolerance` f > 1, a fall must also exceed a factor f beyond the band (falls_with_n)."""
     n = np.asarray(seq_lens, dtype=float)
     y = np.asarray(values, dtype=float)
     flags = np.zeros(len(n), dtype=bool) if noisy is None else np.asarray(noisy, dtype=bool)
@@ -44,20 +46,21 @@ def fit_exponent(seq_lens, values, noisy=None, metric: str = "time_ms", low=None
         return Exponent(math.nan, "not fitted: fewer than 2 N measured")
     if flags.any():
         return Exponent(math.nan, f"not fitted: {int(flags.sum())} of {len(n)} points noisy")
-    fall = falls_with_n(n, y, metric, low, high)
+    fall = falls_with_n(n, y, metric, low, high, fall_tolerance)
     if fall:
         return Exponent(math.nan, f"not fitted: {fall}")
     slope, _ = np.polyfit(np.log(n), np.log(y), 1)
     return Exponent(float(slope))
 
 
-def falls_with_n(seq_lens, values, metric: str, low=None, high=None) -> str:
+def falls_with_n(seq_lens, values, metric: str, low=None, high=None, tolerance: float = 1.0) -> str:
     """'time falls with N (31 ms at 1024 > 20 ms at 2048)' at the first N where the value falls beyond its band
-    (`low`, `high`; none: any fall); '' where it never does."""
+    (`low`, `high`; none: any fall) by more than a factor `tolerance` (1: any fall beyond the band; a flat series
+    measured cell by cell drifts between cells by more than each cell's own band); '' where it never does."""
     n, y = np.asarray(seq_lens, dtype=float), np.asarray(values, dtype=float)
     order = np.argsort(n, kind="stable")
     n, y, low, high = n[order], y[order], _band(low, y)[order], _band(high, y)[order]
-    falls = np.flatnonzero(high[1:] < low[:-1])
+    falls = np.flatnonzero(high[1:] * tolerance < low[:-1])
     if not len(falls):
         return ""
     at = falls[0]
@@ -73,15 +76,17 @@ def _band(edge, values: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(edge), edge, values)
 
 
-def exponents(points: pd.DataFrame, metric: str) -> pd.DataFrame:
+def exponents(points: pd.DataFrame, metric: str, fall_tolerance: dict[str, float] | None = None) -> pd.DataFrame:
     """One row per series and measurement: the fitted exponent of `metric` over N, or why there is none (a time
-    from noisy points is refused; a peak memory is not a timing and does not care)."""
+    from noisy points is refused; a peak memory is not a timing and does not care). `fall_tolerance`: per
+    measurement, the factor a fall must exceed beyond its band to refuse the fit (falls_with_n; default 1)."""
     rows = []
     for (name, measurement), group in points.groupby(["series", "measurement"], sort=False):
         ok = group[group["status"] == "ok"]
         timed = metric == "time_ms"
         fit = fit_exponent(ok["seq_len"], ok[metric], ok["noisy"] if timed else None, metric,
-                           ok["time_p20_ms"] if timed else None, ok["time_p80_ms"] if timed else None)
+                           ok["time_p20_ms"] if timed else None, ok["time_p80_ms"] if timed else None,
+                           (fall_tolerance or {}).get(measurement, 1.0))
         rows.append({"series": name, "measurement": measurement, "exponent": fit.value, "not_fitted": fit.reason})
     return pd.DataFrame(rows, columns=["series", "measurement", "exponent", "not_fitted"])
 
@@ -119,12 +124,12 @@ CROSSOVER_COLUMNS = ["series", "measurement", "faster_from_seq_len", "lighter_fr
                      "time_ratio", "memory_ratio", "faster_refused"]
 
 
-def crossovers(points: pd.DataFrame, reference: str) -> pd.DataFrame:
+def crossovers(points: pd.DataFrame, reference: str, fall_tolerance: dict[str, float] | None = None) -> pd.DataFrame:
     """Per series and measurement: the first N at which it is faster and the first at which it is lighter than
     the reference variant measured with the same settings, and the time and memory ratios (series / reference)
     at the largest N both ran. The time crossover and ratio are refused (`faster_refused` says why) when a
     timing either side rests on is noisy or a time falls as N grows: a crossover read from noise moves with the
-    machine's load."""
+    machine's load. `fall_tolerance` as in `exponents`."""
     rows = []
     for (name, measurement), mine in points.groupby(["series", "measurement"], sort=False):
         if mine["variant"].iloc[0] == reference:
@@ -134,7 +139,8 @@ def crossovers(points: pd.DataFrame, reference: str) -> pd.DataFrame:
         if theirs.empty:
             continue
         both = mine.merge(theirs, on="seq_len", suffixes=("", "_reference"))
-        refused = _time_crossover_refusal(both, name, theirs["series"].iloc[0])
+        refused = _time_crossover_refusal(both, name, theirs["series"].iloc[0],
+                                          (fall_tolerance or {}).get(measurement, 1.0))
         both = both[(both["status"] == "ok") & (both["status_reference"] == "ok")]
         last = both.iloc[-1] if len(both) else None
         rows.append({
@@ -150,7 +156,7 @@ def crossovers(points: pd.DataFrame, reference: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=CROSSOVER_COLUMNS)
 
 
-def _time_crossover_refusal(both: pd.DataFrame, name: str, reference: str) -> str:
+def _time_crossover_refusal(both: pd.DataFrame, name: str, reference: str, tolerance: float = 1.0) -> str:
     """Why no time crossover is read from these paired points ('' when one is): noisy timings, or a time that
     falls as N grows on either side, beyond its p20-p80 band."""
     timed = both[(both["status"] == "ok") & both["status_reference"].isin(["ok", "oom"])]
@@ -160,7 +166,7 @@ def _time_crossover_refusal(both: pd.DataFrame, name: str, reference: str) -> st
     for who, suffix in ((name, ""), (reference, "_reference")):
         ok = both[both[f"status{suffix}"] == "ok"]
         fall = falls_with_n(ok["seq_len"], ok[f"time_ms{suffix}"], "time_ms", ok[f"time_p20_ms{suffix}"],
-                            ok[f"time_p80_ms{suffix}"])
+                            ok[f"time_p80_ms{suffix}"], tolerance)
         if fall:
             return f"not given: {who}'s {fall}"
     return ""
