@@ -187,6 +187,14 @@ COLUMNS: tuple[Column, ...] = (
          "of the timed calls", {"label": "compile time (s)"}),
         ("compile_error", FLOAT, "ratio", "backend 'compile': max |compiled - eager| / max |eager| of the pass's "
          "outputs on the same input, checked before timing"),
+        ("eager_time_ms", FLOAT, "ms", "backend 'compile': the median time of the same pass through the eager layer, "
+         "timed in the same cell in rounds interleaved with the compiled calls (decode: per token)"),
+        ("compile_speedup", FLOAT, "ratio", "backend 'compile': eager / compiled time, the median over interleaved "
+         "rounds (above 1: compiling made the pass faster); a ratio measured in one process survives the machine's "
+         "drift, which times of cells measured apart do not", {"label": "speed-up (eager / compiled, x)",
+                                                                 "better": "higher"}),
+        ("compile_speedup_spread", FLOAT, "ratio", "backend 'compile': p80 / p20 of the per-round speed-ups; above "
+         "NOISY_SPREAD the speed-up is noise"),
         ("memory_budget_bytes", INT, "bytes", "the tracked-bytes budget the cell ran under (empty: none)"),
         ("macs", INT, "MACs", "analytic multiply-accumulates of one call, as executed (dense)",
          {"label": "MACs per call (MACs)", "deterministic": True}),

@@ -8,6 +8,7 @@ forward with autograd recording, as in training, so its peak holds what backward
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import math
 import time
@@ -23,7 +24,7 @@ from ttt_bench.profile.backend import autocast_context, check_compiled, compiled
 from ttt_bench.profile.flops import count_with_flop_counter, count_with_fvcore
 from ttt_bench.profile.inference import DecodeSettings, InferenceWorkload
 from ttt_bench.profile.memory import measure_cuda_peak_bytes, measure_peak_bytes, nvml_device_info
-from ttt_bench.profile.timing import Timing, clock_for, time_callable
+from ttt_bench.profile.timing import Timing, clock_for, time_callable, time_interleaved, timing_of
 from ttt_bench.results import ALL_PASSES, INFERENCE_PASSES, MEASUREMENT_OF_PASS, NOISY_SPREAD, PASSES
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -33,8 +34,8 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.
 PASS_COLUMNS = (
     "macs", "flops", "useful_macs", "useful_flops", "macs_per_token", "macs_fvcore", "macs_flop_counter",
     "peak_bytes", "cuda_peak_bytes", "ms", "p20_ms", "p80_ms", "repeats", "spread", "noisy", "tokens_per_s",
-    "tflops_per_s", "tokens_per_sample", "state_bytes", "state_bytes_stated", "compile_s", "compile_error", "status",
-    "message",
+    "tflops_per_s", "tokens_per_sample", "state_bytes", "state_bytes_stated", "compile_s", "compile_error",
+    "eager_time_ms", "compile_speedup", "compile_speedup_spread", "status", "message",
 )
 # Every column measure_cell can fill, in order; a column a cell did not reach is left empty (NaN).
 ROW_COLUMNS = [
@@ -196,13 +197,23 @@ def measure_cell(
             if name in INFERENCE_PASSES:
                 row.update(_state_columns(name, layer, inference, cell))
         if "time" in metrics:
+            # A compiled cell times eager forms of the same layer too, interleaved round by round with the compiled
+            # ones: cells measured apart drift by more than the speed-ups compiling gives.
+            twin = None if eager else Workload(dataclasses.replace(cell, backend="eager"), layer)
+            twin_inference = None if eager else InferenceWorkload(layer, twin.x, twin.forms, decode, twin.context)
             for name in passes:
-                if name == "decode":
+                tokens = cell.batch if name == "decode" else cell.batch * cell.seq_len
+                flops = None if name == "decode" else row[f"{name}_flops"]
+                if eager and name == "decode":
                     timing, group = timed_decode(inference, decode.samples, device)
-                    row.update(timing_columns(name, timing, cell.batch, None), decode_tokens_per_sample=group)
-                else:
+                    row[f"{name}_tokens_per_sample"] = group
+                elif eager:
                     timing = timed_with_probe(calls[name], zero_grads, budget, device)
-                    row.update(timing_columns(name, timing, cell.batch * cell.seq_len, row[f"{name}_flops"]))
+                else:
+                    timing, columns = timed_against_eager(name, (work, inference), (twin, twin_inference), budget,
+                                                          decode.samples, device)
+                    row.update(columns)
+                row.update(timing_columns(name, timing, tokens, flops))
         if device.type == "cuda":
             nvml = nvml_device_info(device)
             row["nvml_used_bytes"] = nvml["used_bytes"] if nvml else None
@@ -350,19 +361,59 @@ PROBE_STEPS = 4  # untimed steps twice over: a warm-up, then the probe that size
 def timed_decode(inference: InferenceWorkload, samples: int, device: torch.device) -> tuple[Timing, int]:
     """Per generated token: `samples` timed samples, each a run of `group` consecutive steps from the kept state
     (group: enough steps for MIN_DECODE_SAMPLE_MS, from an untimed probe), divided by `group`."""
-    def run_group(group: int) -> None:
+    group = _decode_group(inference, device)
+    timing = time_callable(_steps(inference, group), warmup=0, min_total_s=0.0, min_repeats=samples,
+                           max_repeats=samples, device=device)
+    return Timing(timing.median_ms / group, timing.p20_ms / group, timing.p80_ms / group, timing.repeats), group
+
+
+def _steps(inference: InferenceWorkload, group: int) -> Callable[[], None]:
+    def run() -> None:
         for _ in range(group):
             inference.step()
 
-    run_group(PROBE_STEPS)  # warm-up: a first step can pay one-time costs
-    probe_ms = clock_for(device)(lambda: run_group(PROBE_STEPS)) / PROBE_STEPS
-    group = max(1, math.ceil(MIN_DECODE_SAMPLE_MS / max(probe_ms, 1e-6)))
+    return run
 
-    timing = time_callable(lambda: run_group(group), warmup=0, min_total_s=0.0, min_repeats=samples,
-                           max_repeats=samples, device=device)
-    per_token = lambda ms: ms / group
-    return Timing(per_token(timing.median_ms), per_token(timing.p20_ms), per_token(timing.p80_ms),
-                  timing.repeats), group
+
+def _decode_group(inference: InferenceWorkload, device: torch.device) -> int:
+    """Steps per timed sample: enough for MIN_DECODE_SAMPLE_MS, from an untimed probe after a warm-up."""
+    _steps(inference, PROBE_STEPS)()  # a first step can pay one-time costs
+    probe_ms = clock_for(device)(_steps(inference, PROBE_STEPS)) / PROBE_STEPS
+    return max(1, math.ceil(MIN_DECODE_SAMPLE_MS / max(probe_ms, 1e-6)))
+
+
+def timed_against_eager(name: str, compiled: tuple[Workload, InferenceWorkload],
+                        eager: tuple[Workload, InferenceWorkload], budget: TimingBudget, samples: int,
+                        device: torch.device) -> tuple[Timing, dict[str, object]]:
+    """A compiled pass and the same pass of the eager forms timed in interleaved rounds (timing.time_interleaved):
+    the compiled timing, and the columns eager_time_ms and compile_speedup (the median over rounds of eager /
+    compiled, with its p80/p20 spread). Decode: per token, in samples of consecutive steps as timed_decode's."""
+    (work, inference), (twin, twin_inference) = compiled, eager
+    per_call, setup, columns = 1, None, {}
+    if name == "decode":
+        if twin_inference.state is None:
+            twin_inference.state = twin_inference.prefill_in_chunks()
+        per_call = _decode_group(inference, device)
+        _decode_group(twin_inference, device)  # the eager twin's warm-up
+        fns, rounds = [_steps(inference, per_call), _steps(twin_inference, per_call)], samples
+        columns[f"{name}_tokens_per_sample"] = per_call
+    else:
+        fns = ([inference.prefill, twin_inference.prefill] if name == "prefill"
+               else [work.calls[name], twin.calls[name]])
+
+        def setup() -> None:
+            work.zero_grads()
+            twin.zero_grads()
+
+        setup()
+        probe_s = clock_for(device)(fns[1]) / 1000.0  # the eager call's warm-up (the compiled one has run)
+        rounds = min(budget.max_repeats, max(budget.repeats_for(probe_s), math.ceil(budget.min_total_s / probe_s)))
+    times = time_interleaved(fns, rounds=rounds, device=device, setup=setup)
+    compiled_ms, eager_ms = ([ms / per_call for ms in series] for series in times)
+    ratios = timing_of([e / c for e, c in zip(eager_ms, compiled_ms)])
+    columns |= {f"{name}_eager_time_ms": timing_of(eager_ms).median_ms, f"{name}_compile_speedup": ratios.median_ms,
+                f"{name}_compile_speedup_spread": ratios.spread}
+    return timing_of(compiled_ms), columns
 
 
 def timed_with_probe(

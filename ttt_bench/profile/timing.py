@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +72,30 @@ def time_callable(
         times_ms.append(elapsed_ms)
         total_ms += elapsed_ms
 
+    return timing_of(times_ms)
+
+
+def time_interleaved(fns: Sequence[Callable[[], Any]], *, rounds: int, device: str | torch.device = "cpu",
+                     setup: Callable[[], Any] | None = None) -> list[list[float]]:
+    """Each of `fns` timed once per round, in turn, the order reversed every other round so that none always runs
+    first: per fn, its `rounds` times in ms. A drift in the machine's speed (another job, the clock) then moves all
+    of them alike, and their per-round ratios stay true where times measured apart would not. `setup` runs untimed
+    before every call."""
+    if rounds < 1:
+        raise ValueError(f"rounds={rounds} is not allowed; it must be >= 1")
+    clock = clock_for(torch.device(device))
+    times: list[list[float]] = [[] for _ in fns]
+    for round_index in range(rounds):
+        order = range(len(fns)) if round_index % 2 == 0 else reversed(range(len(fns)))
+        for index in order:
+            if setup is not None:
+                setup()
+            times[index].append(clock(fns[index]))
+    return times
+
+
+def timing_of(times_ms: Sequence[float]) -> Timing:
+    """The median and p20 / p80 of timed calls."""
     p20, median, p80 = np.percentile(times_ms, [20, 50, 80])
     return Timing(median_ms=float(median), p20_ms=float(p20), p80_ms=float(p80), repeats=len(times_ms))
 

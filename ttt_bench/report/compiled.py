@@ -1,6 +1,7 @@
-"""Compiled against eager: where a profiling cell was measured both as written (backend 'eager') and through
-torch.compile (backend 'compile') with every other setting alike, the two times side by side, the speed-up, and
-what compiling cost (its time, and how far the compiled outputs are from eager's).
+"""Compiled against eager: for each profiling cell run through torch.compile (backend 'compile'), its time beside
+the eager layer's, both timed in that cell in interleaved rounds (profile/measure.py: timed_against_eager), the
+speed-up, and what compiling cost (its time, and how far the compiled outputs are from eager's). Times of eager and
+compiled cells measured apart are not divided: on a shared machine they drift by more than compiling gains.
 """
 
 from __future__ import annotations
@@ -24,17 +25,17 @@ def section(rows: pd.DataFrame, setting: str) -> Section | None:
     title = f"Compiled against eager ({setting})"
     table = compiled_against_eager(rows)
     if table.empty:
-        return Section(title, "The compiled cells here have no finished eager cell measured alike (same variant, "
-                              "pass, N and every other setting) to compare with: run the suite with backend = "
-                              "[\"eager\", \"compile\"].")
-    caption = (f"Per series (named without its backend), pass and sequence length N (tokens) where a cell ran both "
-               f"eager and through torch.compile with every other setting alike: the median eager and compiled times "
-               f"(ms per call; decode: per generated token), the speed-up eager / compiled (x; above 1 the compiled "
-               f"one is faster), the compile time (s: wall-clock of the compiled pass's first call, which compiles "
-               f"it, kept out of the timed calls) and the compile error (relative: max |compiled - eager| / max "
-               f"|eager| of the outputs on the same input, checked before timing). No speed-up is given where either "
-               f"timing is noisy (spread p80/p20 > {NOISY_SPREAD:g}): the cell says which. Tracked peak memory is "
-               f"measured on eager cells only.")
+        return Section(title, "No compiled cell here finished its timings (see Cells that did not finish).")
+    caption = (f"Per compiled series (named without its backend), pass and sequence length N (tokens): the median "
+               f"times of the eager layer and of the compiled one (ms per call; decode: per generated token), both "
+               f"timed in the compiled cell in interleaved rounds, so a drift of the machine moves both alike; the "
+               f"speed-up, the median over those rounds of eager / compiled (x; above 1 the compiled one is faster); "
+               f"the compile time (s: wall-clock of the compiled pass's first call, which compiles it, kept out of the "
+               f"timed calls; dynamo's caches are cleared per cell, inductor's on-disk caches are not) and the "
+               f"compile error (relative: max |compiled - eager| / max |eager| of the outputs on the same input, "
+               f"checked before timing). No speed-up is given where the per-round speed-ups or the compiled timing "
+               f"spread beyond p80/p20 = {NOISY_SPREAD:g}: the cell says which. Tracked peak memory is measured on "
+               f"eager cells only.")
     return Section(title, caption, tables=[Table("Compiled against eager", shown(table))])
 
 
@@ -48,26 +49,24 @@ def backend_twins(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def compiled_against_eager(rows: pd.DataFrame) -> pd.DataFrame:
-    """One row per series, measurement and N with a finished eager and a finished compiled point: their median
-    times, the speed-up (eager / compiled), or why none is given (a noisy timing), and the compiled point's
-    compile time and error. Series are named by every setting but the backend (settings.series)."""
+    """One row per compiled series, measurement and N that finished: the eager and compiled medians, both timed in
+    the compiled cell in interleaved rounds, the speed-up (the median of the per-round eager / compiled) or why
+    none is given (the per-round speed-ups or the compiled timing spread beyond NOISY_SPREAD), and the compile time
+    and error. Series are named by every setting but the backend (settings.series)."""
     points = frames.scaling_points(rows).merge(backend_twins(rows), on="series", how="left")
-    ok = points[(points["status"] == "ok") & points["time_ms"].notna()]
-    keys = ["base", "measurement", "seq_len"]
-    both = ok[ok["backend"] == "eager"].merge(ok[ok["backend"] == "compile"], on=keys,
-                                               suffixes=("_eager", "_compiled"))
+    both = points[(points["backend"] == "compile") & (points["status"] == "ok") & points["time_ms"].notna()]
     if both.empty:
         return pd.DataFrame(columns=COLUMNS)
     speedups = []
-    for pair in both.itertuples(index=False):
-        noisy = [f"{who} timing noisy ({noise})" for who, noise in (("eager", pair.noise_eager),
-                                                                    ("compiled", pair.noise_compiled)) if noise]
-        speedups.append(f"not given: {'; '.join(noisy)}" if noisy else pair.time_ms_eager / pair.time_ms_compiled)
+    for point in both.itertuples(index=False):
+        noisy = [f"compiled timing noisy ({point.noise})"] if point.noise else []
+        if point.compile_speedup_spread > NOISY_SPREAD:
+            noisy.append(f"its per-round speed-ups spread {point.compile_speedup_spread:.2g}x > {NOISY_SPREAD:g}")
+        speedups.append(f"not given: {'; '.join(noisy)}" if noisy else point.compile_speedup)
     table = pd.DataFrame({
         "series": both["base"], "measurement": both["measurement"], "seq_len": both["seq_len"],
-        "eager_time_ms": both["time_ms_eager"], "compiled_time_ms": both["time_ms_compiled"],
-        "compile_speedup": speedups, "compile_s": both["compile_s_compiled"],
-        "compile_error": both["compile_error_compiled"],
+        "eager_time_ms": both["eager_time_ms"], "compiled_time_ms": both["time_ms"], "compile_speedup": speedups,
+        "compile_s": both["compile_s"], "compile_error": both["compile_error"],
     })
     order = {measurement: index for index, measurement in enumerate(PROFILE_MEASUREMENTS)}
     table = table.assign(_order=table["measurement"].map(order)).sort_values(["series", "_order", "seq_len"])

@@ -22,7 +22,7 @@ from ttt_bench.results import (
 SETTING_COLUMNS = ("device", "dtype", "batch", "d_model", "n_heads")  # fixed within one scaling figure
 POINT_METRICS = ("time_ms", "time_p20_ms", "time_p80_ms", "peak_bytes", "flops", "useful_flops",
                  "matmul_tflops_per_s", "memory_budget_bytes", "tokens_per_s", "state_bytes", "state_bytes_stated",
-                 "compile_s", "compile_error")
+                 "compile_s", "compile_error", "eager_time_ms", "compile_speedup", "compile_speedup_spread")
 TRAINING_MEASUREMENTS = DEFAULT_MEASUREMENTS  # forward and forward + backward: what a training step runs
 INFERENCE_MEASUREMENTS = tuple(MEASUREMENT_OF_PASS[name] for name in INFERENCE_PASSES)  # prefill and decode
 FAILURE_COLUMNS = ["variant", "task", "seq_len", "measurement", "status", "message"]

@@ -50,7 +50,6 @@ DERIVED_LABELS = {
     "prefill_compared_at_seq_len": "largest N both prefilled (tokens)",
     "prefill_time_ratio": "prefill time ratio there (variant / attention, x)",
     "eager_time_ms": "eager time (ms)", "compiled_time_ms": "compiled time (ms)",
-    "compile_speedup": "speed-up (eager / compiled, x)",
     "compile_error": "compile error (relative: max |compiled - eager| / max |eager|)",
 }
 DERIVED_SCALES = {"budget_bytes": 1 / MiB, "state_bytes_stated": 1 / MiB}
