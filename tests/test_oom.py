@@ -231,3 +231,42 @@ def test_a_sweeps_frontier_fits_its_points_with_the_declared_order():
                          "n_heads": 2, "knobs": "{}"})
     known = frontier.declared_orders(rows, rows["variant"])
     assert known["a"] == (2, "") and known["b"][0] is None and "no-such-layer" in known["b"][1]
+
+
+DECODE_SUITE = """
+    name = "decode-frontier"
+    layers = ["attention-sdpa-causal", "linear-attention-causal", "attention-sdpa"]
+    [grid]
+    batch = [1, 4]
+    d_model = 16
+    n_heads = 2
+    [measure]
+    prefill_chunk = 32
+    [oom]
+    measurement = "decode"
+    budget_gib = {budget_gib}
+    start_seq_len = 256
+    max_seq_len = 2048
+    resolution = 128
+    [[only]]
+    layer = "linear-attention-causal"
+    batch = 1
+"""
+
+
+def test_the_decode_frontier_falls_with_the_batch_for_a_kv_cache_only(tmp_path, capsys):
+    """Serving a context: attention's KV cache (2 x B x N x D floats, grown a block of 256 tokens at a time) sets its
+    frontier, which shrinks as the batch grows; linear attention's fixed state fits at every length searched. A
+    layer that cannot decode is left out with a line saying so."""
+    path = tmp_path / "decode.toml"
+    budget = 2**19  # 512 KiB: a KV cache of B x N x 128 bytes plus a prefill chunk's work
+    path.write_text(textwrap.dedent(DECODE_SUITE.format(budget_gib=budget / GiB)))
+    assert main(["oom", str(path), "--out", str(tmp_path / "out")]) == 0
+    assert "attention-sdpa: left out of the decode frontier: it does not decode" in capsys.readouterr().err
+    table = pd.read_csv(tmp_path / "out" / "oom_frontier.csv").set_index(["variant", "batch"])
+    assert set(table.index.get_level_values("variant")) == {"attention-sdpa-causal", "linear-attention-causal"}
+    assert table.loc[("linear-attention-causal", 1), "status"] == "capped"
+    attention = table.loc["attention-sdpa-causal"]
+    assert (attention["status"] == "found").all() and (attention["peak_bytes_at_max"] <= budget).all()
+    one, four = attention.loc[1, "max_seq_len"], attention.loc[4, "max_seq_len"]
+    assert 256 <= four < 512 <= 1024 <= one < 2048

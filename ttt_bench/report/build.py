@@ -24,7 +24,7 @@ from ttt_bench.report.document import FIGURES_DIR, Document, Section, Table, wri
 from ttt_bench.report.manifest import ReportFiles
 from ttt_bench.report.palette import palette_of
 from ttt_bench.report.peaks import datasheet_tflops
-from ttt_bench.report.settings import describe_differing, series
+from ttt_bench.report.settings import name_the_settings, series
 from ttt_bench.report.tables import shown
 from ttt_bench.results import NOISY_SPREAD, NOT_AVAILABLE, GiB, load_results
 
@@ -154,12 +154,7 @@ def _scaling_sections(writer: _SectionWriter, rows: pd.DataFrame, points: pd.Dat
         exponent = fits["exponent"].astype(object).where(fits["not_fitted"] == "", fits["not_fitted"])
         table = fits.drop(columns=["exponent", "not_fitted"]).assign(**{f"{name}_exponent": exponent})
         sections.append(Section(title, caption, [stem], [Table("Fitted exponents", shown(table))]))
-    differing = series(rows, placed_by=("seq_len",)).differing
-    drawn = [section for section in sections if section.figures]
-    if differing and drawn:
-        drawn[0].caption = (f"These results hold several settings: {describe_differing(differing)}. Each is its "
-                            f"own series, named in every figure and table; rows measured differently are never "
-                            f"averaged. " + drawn[0].caption)
+    name_the_settings(sections, rows)
     if with_frontier:
         sections.append(_frontier_section(writer, points.assign(variant=points["series"]), rows, setting, suffix))
     sections.append(_crossover_section(crossovers, reference, setting))

@@ -12,7 +12,7 @@ import pandas as pd
 
 from ttt_bench.report import compiled, figures, scaling
 from ttt_bench.report.document import Section, Table
-from ttt_bench.report.settings import describe_differing, series
+from ttt_bench.report.settings import name_the_settings
 from ttt_bench.report.tables import MISSING, shown
 from ttt_bench.results import NOISY_SPREAD
 
@@ -57,12 +57,7 @@ def sections(writer, rows: pd.DataFrame, points: pd.DataFrame, setting: str, suf
     found += [_state_section(writer, points, compiled.backend_twins(rows), setting, suffix),
               _serving_memory_section(writer, points, reference, crossovers, setting, suffix),
               _faster_section(points, reference, crossovers, setting)]
-    differing = series(rows, placed_by=("seq_len",)).differing
-    drawn = [section for section in found if section.figures]
-    if differing and drawn:
-        drawn[0].caption = (f"These results hold several settings: {describe_differing(differing)}. Each is its "
-                            f"own series, named in every figure and table; rows measured differently are never "
-                            f"averaged. " + drawn[0].caption)
+    name_the_settings(found, rows)
     return found
 
 

@@ -128,6 +128,16 @@ def describe_differing(differing: dict[str, list[str]]) -> str:
     return "; ".join(f"{key} ({', '.join(values)})" if values else key for key, values in differing.items())
 
 
+def name_the_settings(sections: list, rows: pd.DataFrame) -> None:
+    """Where `rows` (placed by N) hold several settings, the first of `sections` with a figure says which, once."""
+    differing = series(rows, placed_by=("seq_len",)).differing
+    drawn = [section for section in sections if section.figures]
+    if differing and drawn:
+        drawn[0].caption = (f"These results hold several settings: {describe_differing(differing)}. Each is its "
+                            f"own series, named in every figure and table; rows measured differently are never "
+                            f"averaged. " + drawn[0].caption)
+
+
 def _json_object(text: object) -> object:
     if not isinstance(text, str) or not text.startswith("{"):
         return None
