@@ -270,3 +270,5 @@ def test_the_decode_frontier_falls_with_the_batch_for_a_kv_cache_only(tmp_path, 
     assert (attention["status"] == "found").all() and (attention["peak_bytes_at_max"] <= budget).all()
     one, four = attention.loc[1, "max_seq_len"], attention.loc[4, "max_seq_len"]
     assert 256 <= four < 512 <= 1024 <= one < 2048
+    searched = frontier.frontier_from_search(tmp_path / "out" / "oom_frontier.csv")  # named by batch in a report
+    assert set(searched["variant"]) == {f"{name} (batch={batch})" for name, batch in table.index}

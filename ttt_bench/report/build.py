@@ -83,7 +83,8 @@ def build_report(result_dirs: list[Path], out: Path, options: ReportOptions | No
     sections = [section for section in sections if section is not None]
     # No empty sections: what the results lack is said once, in a list under the header.
     shown = [section for section in sections if section.figures or section.tables]
-    absent = [section.caption for section in sections if not (section.figures or section.tables)]
+    # Once each: setting groups that lack the same thing say so alike.
+    absent = list(dict.fromkeys(section.caption for section in sections if not (section.figures or section.tables)))
     document = Document(_title(frame, result_dirs), _facts(frame, result_dirs), _suites(result_dirs), shown, absent)
     write_markdown(document, files.claim("report.md"))
     write_html(document, files.claim("report.html"))
@@ -199,14 +200,21 @@ def _searched_frontiers(writer: _SectionWriter, result_dirs: list[Path]) -> list
     sections = []
     for index, directory in enumerate(d for d in result_dirs if (d / frontier.SEARCH_FILE).exists()):
         table = frontier.frontier_from_search(directory / frontier.SEARCH_FILE)
+        if "layer_variant" in table:  # rows named by their grid point too: each keeps its layer's colour
+            writer.palette.learn_series(table["variant"], table["layer_variant"])
+            table = table.drop(columns="layer_variant")
         budget = table["budget_bytes"].median()
         name = _suite_file_name(directory / "suite.toml") or directory.name
         title = f"Out-of-memory frontier, bisected ({name})"
         figure = figures.oom_frontier(table, writer.palette, f"{name}; budget {budget / GiB:.3g} GiB")
         stem = writer.save(figure, f"oom-frontier-searched-{index + 1}")
-        caption = (f"From `ttt-bench oom`: per variant, N doubled until a probe failed, then bisected to the "
-                   f"search's resolution; budget {budget / GiB:.3g} GiB. The diamond is the N predicted for the "
-                   f"budget; the table gives it, {frontier.FIT_CAPTION}")
+        passes = ", ".join(dict.fromkeys(table["measurement"].astype(str)))
+        caption = (f"From `ttt-bench oom`: per variant (and grid point, where the search had several), N doubled "
+                   f"until a probe failed, then bisected to the search's resolution; the pass that must fit: "
+                   f"{passes} (decode: the prompt prefilled in chunks, then decoding from its state, docs/oom.md); "
+                   f"budget {budget / GiB:.3g} GiB. A hollow dot is the search's cap: nothing failed there. The "
+                   f"diamond is the N predicted for the budget (inf: the peak does not grow with N); the table "
+                   f"gives it, {frontier.FIT_CAPTION}")
         sections.append(Section(title, caption, [stem], [Table("Frontier", shown(table))]))
     return sections
 

@@ -188,13 +188,14 @@ def _mark_out_of_memory(ax, group, ok, metric, scale, slope, colour) -> None:
 
 
 def oom_frontier(table: pd.DataFrame, palette: Palette, title: str) -> Figure:
-    """Per variant, on a log N axis: a dot at the largest N that fit (hollow where nothing failed, so it is
-    only a lower bound), a red bar at the first N that did not, a diamond at the N the fit predicts."""
+    """Per variant, on a log N axis: a dot at the largest N that fit (hollow where nothing failed, the sweep's end or
+    the search's cap, so it is only a lower bound), a red bar at the first N that did not, a diamond at the N the
+    fit predicts."""
     table = table.sort_values(["max_seq_len", "variant"]).reset_index(drop=True)
     figure, (ax,) = _figure(1, width_per_panel=7.5, height=0.32 * len(table) + 1.6)
     for y, row in table.iterrows():
         colour = palette.style(row["variant"]).colour
-        lower_bound = not row["searched"] and not math.isfinite(row["first_failing_seq_len"])
+        lower_bound = not math.isfinite(row["first_failing_seq_len"])  # a sweep's end, or a search's cap
         ax.plot(row["max_seq_len"], y, marker="o", markersize=8, linestyle="none", markeredgecolor=colour,
                 markerfacecolor="white" if lower_bound else colour, markeredgewidth=1.5)
         if math.isfinite(row["first_failing_seq_len"]):

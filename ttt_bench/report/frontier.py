@@ -26,6 +26,7 @@ from ttt_bench.report.frames import first_out_of_memory_seq_len
 from ttt_bench.results import GiB, MiB
 
 CARD_COLUMNS = [f"predicted_max_seq_len_at_{gib:g}_gib" for gib in CARD_BUDGETS_GIB]
+GRID_POINT_COLUMNS = ("batch", "d_model", "n_heads", "dtype", "device")  # what a search's rows may differ in
 COLUMNS = ["variant", "measurement", "budget_bytes", "max_seq_len", "first_failing_seq_len", "searched",
            "memory_order", "predicted_max_seq_len", *CARD_COLUMNS, "fit_points", "prediction_note"]
 FIT_CAPTION = (f"and at {' and '.join(f'{gib:g}' for gib in CARD_BUDGETS_GIB)} GiB, by the memory fit: "
@@ -65,7 +66,13 @@ def frontier_from_search(path: Path) -> pd.DataFrame:
     predictions = pd.DataFrame([prediction_columns(fit, budget) for fit, budget in zip(fits, table["budget_bytes"])])
     table = table.drop(columns=[c for c in predictions.columns if c in table]).join(predictions)
     table["searched"] = True
-    return table[COLUMNS]
+    # One search per grid point: where the points differ (batch 1, 4, 16), each row is named by what differs.
+    differing = [column for column in GRID_POINT_COLUMNS if column in table and table[column].nunique() > 1]
+    if differing:
+        table["layer_variant"] = table["variant"]
+        table["variant"] = table["variant"] + " (" + table[differing].astype(str).apply(
+            lambda values: ", ".join(f"{column}={value}" for column, value in values.items()), axis=1) + ")"
+    return table[COLUMNS + (["layer_variant"] if differing else [])]
 
 
 def prediction_columns(fit: MemoryFit, budget_bytes: float) -> dict[str, object]:

@@ -229,6 +229,9 @@ def _faster_section(points, reference, crossovers, setting) -> Section:
     if reference is None:
         return Section(title, "No softmax-attention variant in these results to compare decoding with (pass "
                               "--reference).")
+    if points["time_ms"].isna().all():
+        return Section(title, "No prefill or decode timings in these results to compare with attention's (a "
+                              "memory-only run, such as `ttt-bench oom`'s probes).")
     table = faster_than_reference(points, reference, crossovers)
     if table.empty:
         return Section(title, f"No series here besides {reference} to compare with it.")

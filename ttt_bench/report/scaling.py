@@ -109,7 +109,7 @@ def first_better_seq_len(mine: pd.DataFrame, reference: pd.DataFrame, metric: st
     A reference out of memory where `mine` ran counts as beaten. NaN when never."""
     columns = list(dict.fromkeys(["seq_len", "status", metric, high, low]))
     table = mine[columns].merge(reference[columns], on="seq_len", suffixes=("", "_reference")).set_index("seq_len")
-    table = table[table["status"] == "ok"].sort_index()
+    table = table[(table["status"] == "ok") & table[metric].notna()].sort_index()  # unmeasured: no win either
     beats = (table["status_reference"] == "oom") | (
         (table["status_reference"] == "ok") & (table[high] < table[f"{low}_reference"]))
     comparable = table["status_reference"].isin(["ok", "oom"])
