@@ -60,6 +60,7 @@ def delta_rule_chunked(q, k, v, beta, chunk_size: int, initial_state: torch.Tens
     solved = torch.linalg.solve_triangular(
         system.to(solve_dtype), rhs.to(solve_dtype), upper=False, unitriangular=True
     ).to(rhs.dtype)
+    del rhs  # freed as soon as it is solved, as before it had a name (peak memory)
     pseudo_values, key_weights = solved.split([e, solved.shape[-1] - e], dim=-1)  # U = U_v - W_k S
     # The padding in front (zero keys, beta = 0) has zero pseudo-values U, so it leaves any W_0 as it was.
     state = q.new_zeros(*q.shape[:-2], q.shape[-1], e) if initial_state is None else initial_state

@@ -68,11 +68,10 @@ def linear_attention_chunked(
     increments = k_c.transpose(-1, -2) @ v_c  # [B, H, M, d, e]
     totals = increments.cumsum(dim=-3)
     if initial_state is None:
-        first = torch.zeros_like(totals[..., :1, :, :])
+        starts = torch.cat([torch.zeros_like(totals[..., :1, :, :]), totals[..., :-1, :, :]], dim=-3)
     else:
-        first = initial_state[..., None, :, :]
-        totals = first + totals
-    starts = torch.cat([first, totals[..., :-1, :, :]], dim=-3)
+        totals = initial_state[..., None, :, :] + totals
+        starts = torch.cat([initial_state[..., None, :, :], totals[..., :-1, :, :]], dim=-3)
     intra = (q_c @ k_c.transpose(-1, -2)).tril()
     out = q_c @ starts + intra @ v_c
     return from_chunks(out, n), totals[..., -1, :, :]

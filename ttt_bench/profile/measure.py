@@ -3,7 +3,8 @@ wall-clock, forward and forward+backward. A cell that fails is a row with its st
 
 Forward+backward: forward, a loss that is the output times a fixed random projection (so every output
 element carries a distinct gradient), backward into the input and the parameters. Forward: the same
-forward with autograd recording, as in training, so its peak holds what backward will need.
+forward with autograd recording, as in training, so its peak holds what backward will need. Prefill and
+decode, the inference passes: profile/inference.py. How the layer runs (eager or compiled, amp): profile/backend.py.
 """
 
 from __future__ import annotations

@@ -116,16 +116,17 @@ def causal_dual(q, k, target, eta, params, head, mini_batch: int, token_index_sc
     sizes = [s for s in (n_full, n - n_full) if s]
     outputs = []
     for q_part, k_part, t_part, e_part in zip(*(x.split(sizes, dim=1) for x in (q, keys, prepared, eta))):
-        output, weights = _dual_mini_batches(
+        weights, readout = _dual_scan(
             q_part, k_part, t_part, e_part, weights, biased, head, mini_batch, token_index_scale, steps
         )
-        outputs.append(output)
+        outputs.append(readout())
     output = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
     return output, learners.unaugment(weights, biased)
 
 
-def _dual_mini_batches(q_part, k_part, t_part, e_part, weights, biased, head, mini_batch, token_index_scale, steps):
-    """Whole mini-batches (or one shorter last one) of [BH, M*b, .] tensors from `weights`: (output, final weights)."""
+def _dual_scan(q_part, k_part, t_part, e_part, weights, biased, head, mini_batch, token_index_scale, steps):
+    """Whole mini-batches (or one shorter last one) of [BH, M*b, .] tensors from `weights`: (the final weights, the
+    readout of their outputs, to call once the caller has let go of `weights`: the readout never reads them)."""
     b = min(mini_batch, q_part.shape[1])
     # Mini-batch-major [M, BH, b, ...]: each sequential step reads one contiguous block.
     chunked = lambda x: x.unflatten(1, (x.shape[1] // b, b)).transpose(0, 1).contiguous()
@@ -145,7 +146,7 @@ def _dual_mini_batches(q_part, k_part, t_part, e_part, weights, biased, head, mi
         weights, stacked = [final], ([starts], [k_chunks], [grads])
     else:
         weights, stacked = _scan(weights, biased, head, k_chunks, rated_keys, chunked(t_part), last_rates, steps.scan)
-    return steps.readout(chunked(q_part), *stacked, biased, rates, head), weights
+    return weights, lambda: steps.readout(chunked(q_part), *stacked, biased, rates, head)
 
 
 def _dual_from(q, k, target, eta, pending: Pending, head, mini_batch, token_index_scale, steps):
@@ -168,14 +169,14 @@ def _dual_from(q, k, target, eta, pending: Pending, head, mini_batch, token_inde
     sizes = [s for s in (n_full, n - n_full) if s]
     parts = list(zip(*(x.split(sizes, dim=1) for x in (q, keys, prepared, eta))))
     if n_full:
-        output, weights = _dual_mini_batches(*parts.pop(0), weights, biased, head, mini_batch, token_index_scale, steps)
-        outputs.append(output)
+        weights, readout = _dual_scan(*parts.pop(0), weights, biased, head, mini_batch, token_index_scale, steps)
+        outputs.append(readout())
     pending = Pending.start(weights, biased)
     if parts:
         # A trailing partial mini-batch: every gradient is taken at `weights`, so one batched pass gives them all.
         q_part, k_part, t_part, e_part = parts[0]
         inputs, grads = _inner_grads(weights, biased, head, k_part, t_part)
-        first = lambda x: x[None].contiguous()  # one mini-batch, mini-batch-major, laid out as _dual_mini_batches'
+        first = lambda x: x[None].contiguous()  # one mini-batch, mini-batch-major, laid out as _dual_scan'
         rates = _mini_batch_rates(e_part, token_index_scale)
         outputs.append(steps.readout(first(q_part), [first(w) for w in weights], [first(x) for x in inputs],
                                      [first(g) for g in grads], biased, first(rates), head))
@@ -230,17 +231,17 @@ def causal_primal(q, k, target, eta, params, head, mini_batch: int, token_index_
     """
     steps = steps or EAGER
     if isinstance(params, Pending):
-        pending = params
+        start, accumulated, i, biased = params.weights, params.accumulated, params.position, params.biased
     else:
-        pending = Pending.start(*learners.augment(params))
-    biased = pending.biased
+        (start, biased), accumulated, i = learners.augment(params), None, 0
     prepared = head.prepare(target)
     keys, queries = learners.first_input(biased, k), learners.first_input(biased, q)
     scales = _token_scales(mini_batch, token_index_scale, q)
-    start, accumulated, i = pending.weights, pending.accumulated, pending.position
     outputs = []
     steps_in = zip(q.unbind(1), queries.unbind(1), keys.unbind(1), prepared.unbind(1), eta.unbind(1))
     for q_t, query_t, k_t, p_t, eta_t in steps_in:
+        if accumulated is None:  # made when the mini-batch's first token needs it, once the last start is freed
+            accumulated = [torch.zeros_like(w) for w in start]
         output, weights, accumulated = steps.primal(
             start, accumulated, scales[i], biased, head, q_t[:, None], query_t[:, None], k_t[:, None], p_t[:, None],
             eta_t[:, None],
@@ -248,10 +249,11 @@ def causal_primal(q, k, target, eta, params, head, mini_batch: int, token_index_
         outputs.append(output)
         i += 1
         if i == mini_batch:  # the mini-batch is complete: the next one starts from its last weights
-            start, accumulated, i = weights, [torch.zeros_like(w) for w in weights], 0
+            start, accumulated, i = weights, None, 0
     output = torch.cat(outputs, dim=1)
     if isinstance(params, Pending):
-        return output, Pending(start, accumulated, i, biased)
+        zeros = None if accumulated is not None else [torch.zeros_like(w) for w in start]
+        return output, Pending(start, accumulated or zeros, i, biased)
     return output, learners.unaugment(weights, biased)
 
 
