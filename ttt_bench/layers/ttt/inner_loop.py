@@ -85,12 +85,13 @@ class Pending:
 @dataclass(frozen=True)
 class Steps:
     """The loop bodies the forms call once per mini-batch (the scan's step, the dual readout) or per token (the
-    primal step). Eager by default (EAGER); `compiled_steps` compiles each of them once, so that a compiler sees one
-    step with fixed shapes rather than the loop unrolled (TTTLayer.compile_forms)."""
+    primal step's two halves). Eager by default (EAGER); `compiled_steps` compiles each of them once, so that a
+    compiler sees one step with fixed shapes rather than the loop unrolled (TTTLayer.compile_forms)."""
 
     scan: Callable
     readout: Callable
-    primal: Callable
+    accumulate: Callable
+    read: Callable
 
 
 def causal_dual(q, k, target, eta, params, head, mini_batch: int, token_index_scale: bool, steps: Steps | None = None):
@@ -242,10 +243,9 @@ def causal_primal(q, k, target, eta, params, head, mini_batch: int, token_index_
     for q_t, query_t, k_t, p_t, eta_t in steps_in:
         if accumulated is None:  # made when the mini-batch's first token needs it, once the last start is freed
             accumulated = [torch.zeros_like(w) for w in start]
-        output, weights, accumulated = steps.primal(
-            start, accumulated, scales[i], biased, head, q_t[:, None], query_t[:, None], k_t[:, None], p_t[:, None],
-            eta_t[:, None],
-        )
+        # Two calls, so that the sum they replace is freed before the token is read out (peak memory).
+        accumulated = steps.accumulate(start, accumulated, biased, head, k_t[:, None], p_t[:, None], eta_t[:, None])
+        output, weights = steps.read(start, accumulated, scales[i], biased, head, q_t[:, None], query_t[:, None])
         outputs.append(output)
         i += 1
         if i == mini_batch:  # the mini-batch is complete: the next one starts from its last weights
@@ -257,17 +257,20 @@ def causal_primal(q, k, target, eta, params, head, mini_batch: int, token_index_
     return output, learners.unaugment(weights, biased)
 
 
-def _primal_step(start, accumulated, scale, biased, head, q_t, query_t, k_t, p_t, eta_t):
-    """One token i of a mini-batch that started from `start` ([BH, 1, .] inputs, scale = s_i)
-    -> (its output, W_i, the accumulated rated gradients with its own)."""
+def _primal_accumulate(start, accumulated, biased, head, k_t, p_t, eta_t):
+    """Token i of a mini-batch that started from `start` ([BH, 1, .] inputs): sum_{j<=i} eta_j grad l_j(start)."""
     inputs, grads = _inner_grads(start, biased, head, k_t, p_t)
-    accumulated = _gd_step(accumulated, _rated(inputs, eta_t), grads, sign=1.0)  # sum_{j<=i} eta_j grad l_j(start)
+    return _gd_step(accumulated, _rated(inputs, eta_t), grads, sign=1.0)
+
+
+def _primal_read(start, accumulated, scale, biased, head, q_t, query_t):
+    """Token i read out with W_i = start - s_i * accumulated (scale = s_i) -> (its output, W_i)."""
     weights = [w0 - scale * acc for w0, acc in zip(start, accumulated)]
     z = learners.forward_with_cache(weights, biased, query_t)[0]
-    return head.readout(z, q_t), weights, accumulated
+    return head.readout(z, q_t), weights
 
 
-EAGER = Steps(_scan_step, _dual_readout, _primal_step)
+EAGER = Steps(_scan_step, _dual_readout, _primal_accumulate, _primal_read)
 
 
 def compiled_steps(**options) -> Steps:
@@ -277,7 +280,7 @@ def compiled_steps(**options) -> Steps:
     call made slower on the CPU (46 us a step against 36 us eager, at B=1, H=4, d=64, b=16, one thread).
     """
     compiled = lambda f: torch.compile(f, **options)
-    return Steps(compiled(_scan_step), compiled(_dual_readout), compiled(_primal_step))
+    return Steps(*(compiled(step) for step in (_scan_step, _dual_readout, _primal_accumulate, _primal_read)))
 
 
 def full_batch(q, k, target, eta, params: list[Dense], head, steps: int, order: torch.Tensor | None = None):
