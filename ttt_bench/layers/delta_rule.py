@@ -23,9 +23,8 @@ from torch import nn
 from ttt_bench.config import check_choice, check_integer, knob
 from ttt_bench.layers.base import LayerCost, MixerConfig, autograd_backward_macs, projection_macs
 from ttt_bench.layers.chunking import chunk_pairs, from_chunks, to_chunks
-from ttt_bench.layers.linear import MatrixStateMixer
+from ttt_bench.layers.linear import MatrixState, MatrixStateMixer
 from ttt_bench.layers.registry import register
-from ttt_bench.layers.state import DecodeState
 
 
 def delta_rule_recurrent(q, k, v, beta, initial_state: torch.Tensor | None = None):
@@ -98,19 +97,11 @@ class DeltaRuleConfig(MixerConfig):
         check_integer(name, "chunk_size", self.chunk_size, 1)
 
 
-@dataclass
-class DeltaRuleState(DecodeState):
-    """weights: W_t = S_t^T: [B, H, d, e]."""
-
-    weights: torch.Tensor
-
-
 @register("delta-rule")
 class DeltaRule(MatrixStateMixer):
     """Delta rule: S_t = S_{t-1} - beta_t (S_{t-1} k_t - v_t) k_t^T with beta_t = sigmoid(theta_beta x_t)."""
 
     Config = DeltaRuleConfig
-    State = DeltaRuleState
     reference_knobs = {"form": "recurrent"}
 
     def __init__(self, config: DeltaRuleConfig) -> None:
@@ -118,7 +109,7 @@ class DeltaRule(MatrixStateMixer):
         self.to_beta = nn.Linear(config.d_model, config.n_heads)
 
     def mix_heads(
-        self, x: torch.Tensor, state: DeltaRuleState | None, step: bool,
+        self, x: torch.Tensor, state: MatrixState | None, step: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.config
         q, k, v = self.qkv(x)

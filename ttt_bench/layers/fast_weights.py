@@ -21,9 +21,8 @@ from torch import nn
 from ttt_bench.config import check_choice, check_integer, check_open_unit, check_positive, knob
 from ttt_bench.layers.base import LayerCost, MixerConfig, autograd_backward_macs
 from ttt_bench.layers.chunking import from_chunks, to_chunks
-from ttt_bench.layers.linear import MatrixStateMixer, linear_attention_macs
+from ttt_bench.layers.linear import MatrixState, MatrixStateMixer, linear_attention_macs
 from ttt_bench.layers.registry import register
-from ttt_bench.layers.state import DecodeState
 
 
 def fast_weights_recurrent(q, k, v, decay, eta: float, initial_state: torch.Tensor | None = None):
@@ -101,20 +100,12 @@ class FastWeightsConfig(MixerConfig):
         check_integer(name, "chunk_size", self.chunk_size, 1)
 
 
-@dataclass
-class FastWeightsState(DecodeState):
-    """weights: W_t = S_t^T: [B, H, d, e]."""
-
-    weights: torch.Tensor
-
-
 @register("fast-weights")
 @register("fast-weights-learned-decay", learn_decay=True)
 class FastWeights(MatrixStateMixer):
     """Hebbian fast weights with decay: S_t = lambda S_{t-1} + eta v_t k_t^T, o_t = S_t q_t."""
 
     Config = FastWeightsConfig
-    State = FastWeightsState
     reference_knobs = {"form": "recurrent"}
 
     def __init__(self, config: FastWeightsConfig) -> None:
@@ -126,7 +117,7 @@ class FastWeights(MatrixStateMixer):
             self.register_buffer("decay_logit", logit)
 
     def mix_heads(
-        self, x: torch.Tensor, state: FastWeightsState | None, step: bool,
+        self, x: torch.Tensor, state: MatrixState | None, step: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.config
         q, k, v = self.qkv(x)

@@ -18,7 +18,6 @@ normaliser's t is the state's token count.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -108,39 +107,38 @@ class LinearAttentionConfig(MixerConfig):
             )
 
 
+@dataclass
+class MatrixState(DecodeState):
+    """The decode state of a MatrixStateMixer: W after the last token read, [B, H, d, e] (linear attention's S with
+    the 'sum' normaliser's ones column; fast weights' and the delta rule's W = S^T)."""
+
+    weights: torch.Tensor
+
+
 class MatrixStateMixer(SequenceMixer):
     """A mixer whose state is one matrix W: [B, H, d, e] per head, written by the keys and read by the queries
-    (linear attention, fast weights, the delta rule); its decode state holds W. A subclass defines `mix_heads`
-    and names its decode state's class in `State`, a DecodeState with a `weights` field."""
-
-    State: ClassVar[type[DecodeState]]
+    (linear attention, fast weights, the delta rule); its decode state (MatrixState) holds W. A subclass defines
+    `mix_heads`."""
 
     def mix(self, x: torch.Tensor) -> torch.Tensor:
         o, _ = self.mix_heads(x, None, step=False)
         return self.merge_heads_and_project(o)
 
-    def decode(self, x: torch.Tensor, state: DecodeState | None) -> tuple[torch.Tensor, DecodeState]:
+    def decode(self, x: torch.Tensor, state: MatrixState | None) -> tuple[torch.Tensor, MatrixState]:
         o, weights = self.mix_heads(x, state, step=x.shape[1] == 1)
         read = 0 if state is None else state.tokens
-        return self.merge_heads_and_project(o), self.State(tokens=read + x.shape[1], weights=weights)
+        return self.merge_heads_and_project(o), MatrixState(tokens=read + x.shape[1], weights=weights)
 
     def decode_state_numel(self, batch: int, context: int) -> int:
         return batch * self.cost(1, 1).state_numel
 
     def mix_heads(
-        self, x: torch.Tensor, state: DecodeState | None, step: bool,
+        self, x: torch.Tensor, state: MatrixState | None, step: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """x: [B, n, D] -> (o [B, H, n, d] for the output projection, W after the last token [B, H, d, e]),
         continuing from `state` (None: the sequence starts here); `step` (n = 1 only): the lean decoding step
         instead of the configured form."""
         raise NotImplementedError
-
-
-@dataclass
-class LinearAttentionState(DecodeState):
-    """weights: S_t = sum_{s<=t} phi(k_s)^T v_s: [B, H, d, e] (e = d + 1 with the 'sum' normaliser's ones column)."""
-
-    weights: torch.Tensor
 
 
 @register("linear-attention")
@@ -151,11 +149,10 @@ class LinearAttention(MatrixStateMixer):
     """Multi-head linear attention phi(q) (sum phi(k)^T v) / normaliser."""
 
     Config = LinearAttentionConfig
-    State = LinearAttentionState
     reference_knobs = {"form": "recurrent"}  # the token loop of the paper's recurrence
 
     def mix_heads(
-        self, x: torch.Tensor, state: LinearAttentionState | None, step: bool,
+        self, x: torch.Tensor, state: MatrixState | None, step: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """o is normalised; W is S, with the ones column under the 'sum' normaliser."""
         cfg = self.config
