@@ -356,8 +356,7 @@ DECODE_PREFIXES = (1, 16, 17, 64, 65, 129, 149)
 def check_decode(name: str) -> str:
     layer = small(name)
     if not layer.decodes:
-        why = "it is not causal" if not layers.is_causal(name) else "it defines no decode() (docs/your-layer.md)"
-        raise CheckSkipped(f"no decoding: {why}")
+        raise CheckSkipped(f"no decoding: {layer.no_decode_reason}")
     batch, n = 2, DECODE_SEQ_LEN
     x = _randn(batch, n, D_MODEL, seed=11)
     with torch.inference_mode():

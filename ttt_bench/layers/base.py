@@ -164,14 +164,22 @@ class SequenceMixer(nn.Module):
         raise NotImplementedError
 
     @property
+    def no_decode_reason(self) -> str | None:
+        """Why the layer cannot prefill a prompt and then decode token by token; None where it can (causal, with a
+        step API). Every refusal to decode (a call, a skipped decode row, a check, the decode frontier) says this."""
+        if not getattr(self.config, "causal", True):
+            return "it is not causal"
+        if type(self).decode is SequenceMixer.decode:
+            return "it defines no decode() (docs/your-layer.md#decoding)"
+        return None
+
+    @property
     def decodes(self) -> bool:
-        """Causal, with a step API: the layer can prefill a prompt and then decode token by token."""
-        return bool(getattr(self.config, "causal", True)) and type(self).decode is not SequenceMixer.decode
+        return self.no_decode_reason is None
 
     def _check_decodes(self) -> None:
         if not self.decodes:
-            why = "it is not causal" if not getattr(self.config, "causal", True) else "it defines no decode()"
-            raise NotImplementedError(f"{type(self).__name__} cannot decode token by token: {why}")
+            raise NotImplementedError(f"{type(self).__name__} cannot decode token by token: {self.no_decode_reason}")
 
     def compile_forms(self, **options: Any) -> dict[str, Callable]:
         """backend = 'compile': {'forward': like forward, 'decode': like decode} compiled by torch.compile. By

@@ -231,8 +231,7 @@ def _passes_that_run(passes: tuple[str, ...], layer: torch.nn.Module, row: dict[
     """`passes` less a decode the layer cannot do, which is recorded as skipped with the reason."""
     if "decode" not in passes or layer.decodes:
         return passes
-    why = "it is not causal" if not getattr(layer.config, "causal", True) else "it defines no decode()"
-    row.update(decode_status="skipped", decode_message=f"no token-by-token decoding: {why}")
+    row.update(decode_status="skipped", decode_message=f"no token-by-token decoding: {layer.no_decode_reason}")
     return tuple(name for name in passes if name != "decode")
 
 

@@ -256,11 +256,12 @@ def _decoding(searches: list[PlannedCell], announce: bool) -> list[PlannedCell]:
     kept = []
     for planned in searches:
         cell = planned.cell
-        if layers.build(cell.layer, d_model=cell.d_model, n_heads=cell.n_heads, **cell.overrides).decodes:
+        why = layers.build(cell.layer, d_model=cell.d_model, n_heads=cell.n_heads, **cell.overrides).no_decode_reason
+        if why is None:
             kept.append(planned)
         elif announce:
             tqdm.write(f"ttt-bench: {planned.variant}: left out of the decode frontier: it does not decode token by "
-                       f"token (not causal, or no decode())", file=sys.stderr)
+                       f"token: {why}", file=sys.stderr)
     return kept
 
 
