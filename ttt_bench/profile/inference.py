@@ -41,13 +41,18 @@ class InferenceWorkload:
         self.token = torch.randn_like(self.x[:, :1])
         self.decodes = bool(getattr(layer, "decodes", False))
         self.state: DecodeState | None = None  # the decode pass's state, once its prompt is prefilled
-        self.prompt_state: tuple[int, int] | None = None  # (tokens, bytes) of the state right after the prompt
+        # (tokens, bytes) of the state right after the prompt: as prefill() returned it, and as the decode pass's
+        # chunked prefill left it (the state's size is read where it is made, not by another prefill)
+        self.prefill_state: tuple[int, int] | None = None
+        self.prompt_state: tuple[int, int] | None = None
 
     def prefill(self) -> tuple[torch.Tensor, DecodeState | None]:
         with torch.inference_mode(), self.context():
             if not self.decodes:
                 return self.forms["forward"](self.x), None
-            return self.forms["decode"](self.x, None)
+            y, state = self.forms["decode"](self.x, None)
+        self.prefill_state = (state.tokens, state.nbytes)
+        return y, state
 
     def prefill_in_chunks(self) -> DecodeState:
         """The state after the prompt, made chunk by chunk (each chunk's input drawn here, then dropped)."""

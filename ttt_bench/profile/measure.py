@@ -175,7 +175,7 @@ def measure_cell(
         work = Workload(cell, layer)
         layer, x, zero_grads = work.layer, work.x, work.zero_grads
         inference = InferenceWorkload(layer, x, work.forms, decode, work.context)
-        calls = {**work.calls, "prefill": inference.prefill, "decode": inference.step}
+        calls = {**work.calls, "prefill": inference.prefill}
         passes = _passes_that_run(passes, layer, row)
         eager = cell.backend == "eager"
 
@@ -269,12 +269,14 @@ def _first_compiled_call(name: str, work: Workload, inference: InferenceWorkload
 
 
 def _state_columns(name: str, layer: torch.nn.Module, inference: InferenceWorkload, cell: Cell) -> dict[str, object]:
-    """The state after the prompt of N tokens: measured from its tensors, and as the layer states it."""
+    """The state after the prompt of N tokens: measured from its tensors, and as the layer states it. Taken from the
+    pass's calls so far (the memory pass, a compiled pass's first call), with one call made where none was."""
+    if not inference.decodes:
+        return {}
     if name == "prefill":
-        _, state = inference.prefill()
-        if state is None:
-            return {}
-        tokens, nbytes = state.tokens, state.nbytes
+        if inference.prefill_state is None:
+            inference.prefill()
+        tokens, nbytes = inference.prefill_state
     else:
         if inference.state is None:
             inference.state = inference.prefill_in_chunks()
