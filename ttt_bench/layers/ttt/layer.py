@@ -271,9 +271,8 @@ class TTTLayer(SequenceMixer):
         cfg = self.config
         if cfg.learner == "kernel":
             return attention.KVCache.buffer_numel(batch, context, cfg.d_model)
-        widths = learners.layer_widths(cfg.learner, cfg.head_dim)
-        augmented = sum((d_in + int(cfg.inner_bias)) * d_out for d_in, d_out in widths)
-        return 2 * batch * cfg.n_heads * augmented  # start weights and pending gradients
+        # The start weights (the cost's state: weights and biases per sequence) and the pending gradients, as large.
+        return 2 * batch * self.cost(1, 1).state_numel
 
     def inner_rates(self, x: torch.Tensor) -> torch.Tensor:
         """eta: [B, H, N]."""
