@@ -23,10 +23,7 @@ class DecodeState:
 
     def tensors(self) -> list[torch.Tensor]:
         """Every tensor the state holds, in field order."""
-        found: list[torch.Tensor] = []
-        for field in dataclasses.fields(self):
-            _collect(getattr(self, field.name), found)
-        return found
+        return tensors_in([getattr(self, field.name) for field in dataclasses.fields(self)])
 
     @property
     def numel(self) -> int:
@@ -38,9 +35,12 @@ class DecodeState:
         return sum(t.numel() * t.element_size() for t in self.tensors())
 
 
-def _collect(value: object, found: list[torch.Tensor]) -> None:
+def tensors_in(value: object) -> list[torch.Tensor]:
+    """The tensors of a value a layer returns or holds: a tensor, a DecodeState, or lists and tuples of them."""
     if isinstance(value, torch.Tensor):
-        found.append(value)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            _collect(item, found)
+        return [value]
+    if isinstance(value, DecodeState):
+        return value.tensors()
+    if isinstance(value, (list, tuple)):
+        return [tensor for item in value for tensor in tensors_in(item)]
+    return []

@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from ttt_bench.layers.state import tensors_in
+
 # Compiled against eager, max |difference| / max |eager|: inductor reorders reductions and fuses, so float32 agrees
 # to a few ulps of the output's scale, not bit for bit.
 COMPILE_TOLERANCE = {torch.float64: 1e-8, torch.float32: 1e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2}
@@ -47,7 +49,8 @@ def autocast_context(device: torch.device, dtype: torch.dtype, amp: bool) -> Cal
 
 def compiled_error(compiled: Any, eager: Any) -> float:
     """max |compiled - eager| / max |eager| over the tensors of two outputs (a tensor, or a tuple holding some)."""
-    pairs = list(zip(_tensors(compiled), _tensors(eager)))
+    floating = lambda value: [t for t in tensors_in(value) if t.is_floating_point()]
+    pairs = list(zip(floating(compiled), floating(eager)))
     worst = 0.0
     for a, b in pairs:
         scale = b.detach().abs().max().clamp_min(torch.finfo(b.dtype).tiny).double()
@@ -60,13 +63,3 @@ def check_compiled(what: str, error: float, dtype: torch.dtype) -> None:
     if not error <= tolerance:
         raise CompiledMismatch(f"the compiled {what} differs from eager by {error:.2e} (relative; at most "
                                f"{tolerance:.0e} allowed in {str(dtype).removeprefix('torch.')}): not timed")
-
-
-def _tensors(value: Any) -> list[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        return [value] if value.is_floating_point() else []
-    if isinstance(value, (list, tuple)):
-        return [t for item in value for t in _tensors(item)]
-    if hasattr(value, "tensors"):  # a DecodeState
-        return [t for t in value.tensors() if t.is_floating_point()]
-    return []
