@@ -17,7 +17,14 @@ from ttt_bench.errors import ConfigError
 from ttt_bench.profile.measure import Cell
 from ttt_bench.results import MEASUREMENT_OF_PASS, PASSES, TRAIN_MEASUREMENT
 from ttt_bench.sweep.rules import rule_verdict
-from ttt_bench.sweep.schema import GRID_AXES, LOW_PRECISION_DTYPES, MeasureSettings, OomSettings, SuiteError
+from ttt_bench.sweep.schema import (
+    GRID_AXES,
+    LOW_PRECISION_DTYPES,
+    PROFILING_AXES,
+    MeasureSettings,
+    OomSettings,
+    SuiteError,
+)
 from ttt_bench.training import tasks
 from ttt_bench.training.models import ModelSettings
 from ttt_bench.training.train import TrainSettings
@@ -89,8 +96,8 @@ class PlannedCell:
         """Identity of the result: the cell, its knobs and how it is measured (not the timeout)."""
         identity = {**self.cell.config_columns(), "knobs": self.cell.overrides, "variant": self.variant,
                     "metrics": sorted(self.metrics), **self.measure_settings}
-        for axis, default in (("backend", "eager"), ("amp", False)):  # hashes from before these axes stay valid
-            if identity[axis] == default:
+        for axis in PROFILING_AXES:  # at their defaults, hashes from before these axes existed stay valid
+            if [identity[axis]] == GRID_AXES[axis].default:
                 del identity[axis]
         if self.training is None:
             identity |= {"passes": sorted(self.passes)}
