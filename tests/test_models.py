@@ -1,6 +1,8 @@
 """The backbone: every registered mixer fits in it, its analytic cost matches an operator count, and
 parameter matching lands within 10%."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -52,6 +54,47 @@ def test_analytic_cost_matches_the_operator_count(layer, spec):
     both = count_with_flop_counter(lambda: model(x).sum().backward())
     assert both.macs == cost.forward_macs + cost.backward_macs
     assert cost.forward_flops_per_token == 2 * cost.forward_macs / (3 * spec.seq_len)
+
+
+@pytest.mark.parametrize("pooling", ["last", "class"])
+def test_last_and_class_pooling_leave_reading_the_sequence_to_the_mixer(pooling):
+    """Without a mixer the head sees only what the last position holds; with one, earlier tokens count."""
+    torch.manual_seed(0)
+    config = ModelConfig("no-mixer", {}, d_model=16, n_heads=2, n_layers=2, mlp_hidden=24, pooling=pooling)
+    model = SequenceModel(config, PIXELS)
+    x = inputs_for(PIXELS)
+    changed = x.clone()
+    changed[:, :-1] = torch.randn_like(changed[:, :-1])
+    assert torch.equal(model(x), model(changed))
+    mixed = SequenceModel(dataclasses.replace(config, layer="attention-sdpa-causal"), PIXELS)
+    assert not torch.allclose(mixed(x), mixed(changed))
+    mean = SequenceModel(dataclasses.replace(config, pooling="mean"), PIXELS)
+    assert not torch.allclose(mean(x), mean(changed))  # the mean reads every token even without a mixer
+
+
+def test_class_token_is_mixed_and_counted():
+    config = ModelConfig("ttt-linear", {}, d_model=16, n_heads=2, n_layers=2, mlp_hidden=24, pooling="class")
+    model = SequenceModel(config, PIXELS)
+    plain = SequenceModel(dataclasses.replace(config, pooling="last"), PIXELS)
+    assert parameter_count(model) == parameter_count(plain) + 16 + 16  # the token and its position
+    x = inputs_for(PIXELS, batch=3)
+    cost = model.cost(batch=3)
+    assert count_with_flop_counter(lambda: model(x)).macs == cost.forward_macs
+    assert count_with_flop_counter(lambda: model(x).sum().backward()).macs == cost.forward_macs + cost.backward_macs
+    assert model.state_bytes() == plain.state_bytes()  # TTT's state does not grow with N
+    causal_attention = SequenceModel(dataclasses.replace(config, layer="attention-sdpa-causal"), PIXELS)
+    assert causal_attention.state_bytes() == 2 * 2 * (PIXELS.seq_len + 1) * 16 * 4  # K and V of N + 1 tokens
+    per_token = SequenceModel(config, TOKENS)  # a per-token head has no class token whatever the setting
+    assert per_token.class_token is None and per_token.pooling == "per token"
+
+
+def test_positions_start_at_the_stated_scale():
+    torch.manual_seed(0)
+    config = ModelConfig("no-mixer", {}, d_model=64, n_heads=2, position_init_std=0.02)
+    spec = InputSpec("pixels", 1, 400, 10, per_token=False)
+    assert SequenceModel(config, spec).positions.std().item() == pytest.approx(0.02, rel=0.05)
+    with pytest.raises(ConfigError, match="pooling='max' is not allowed; choose one of mean, last, class"):
+        ModelConfig("no-mixer", {}, 16, 2, pooling="max")
 
 
 def test_parameter_count_without_allocating_matches_the_built_model():

@@ -31,7 +31,7 @@ from report_fixture import (
 )
 
 from ttt_bench.cli import main
-from ttt_bench.report import figures, frames, frontier, pareto, scaling
+from ttt_bench.report import figures, frames, frontier, pareto, scaling, seed_stats
 from ttt_bench.report.build import ReportOptions, build_report, default_report_name, device_slug
 from ttt_bench.report.figures import NOISY_FACE
 from ttt_bench.report.palette import Palette, palette_of
@@ -225,10 +225,12 @@ def test_pareto_front_keeps_only_undominated_points():
 
 def test_accuracy_points_average_seeds_and_drop_diverged(tmp_path):
     frame = load_results(write_fixture_results(tmp_path / "results"))
-    points = pareto.accuracy_points(frames.train_rows(frame)).set_index(["task", "variant"])
+    statistics = seed_stats.seed_statistics(frames.train_rows(frame))
+    assert statistics.loc[statistics["series"] == "ttt-linear", "accuracy_sd"].iloc[0] == pytest.approx(
+        np.std([0.85, 0.87], ddof=1))
+    points = pareto.accuracy_points(statistics).set_index(["task", "variant"])
     ttt = points.loc["mnist", "ttt-linear"]
     assert ttt["accuracy_mean"] == pytest.approx(0.86) and ttt["seeds"] == 2
-    assert ttt["accuracy_sd"] == pytest.approx(np.std([0.85, 0.87], ddof=1))
     assert ("mnist", "ttt-mlp") not in points.index
     front = points.loc["mnist"]
     assert list(front.index[front["pareto"]]) == ["linear-attention-causal", "ttt-linear"]
@@ -271,7 +273,7 @@ def test_report_without_failures_or_profiling_has_neither_heading(tmp_path):
         store.write_cell(str(config_hash), rows.to_dict("records"))
     build_report([tmp_path / "results"], tmp_path / "out")
     text = (tmp_path / "out" / "report.md").read_text()
-    assert _headings(text) == ["Accuracy vs FLOPs"]
+    assert _headings(text) == ["Accuracy vs FLOPs", "Accuracy over seeds", "Which series the intervals separate"]
     assert "No profiling rows in these results" in text
     _assert_no_empty_section(text)
 
@@ -491,7 +493,7 @@ def test_the_scaling_figure_marks_noisy_points_hollow_and_keeps_its_legend_off_t
 def test_every_figure_keeps_its_legends_outside_the_axes(tmp_path, two_settings_points):
     frame = load_results(write_fixture_results(tmp_path / "results"))
     palette = palette_of(frame)
-    accuracy = pareto.accuracy_points(frames.train_rows(frame))
+    accuracy = pareto.accuracy_points(seed_stats.seed_statistics(frames.train_rows(frame)))
     positions = frames.position_rows(frame).assign(series=lambda rows: rows["variant"])
     table = pd.DataFrame({"variant": ["a", "b"], "max_seq_len": [1024.0, 4096.0], "searched": [False, True],
                           "first_failing_seq_len": [2048.0, math.nan], "predicted_max_seq_len": [3000.0, 5000.0]})

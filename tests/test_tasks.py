@@ -10,7 +10,7 @@ import torch
 from ttt_bench.errors import ConfigError
 from ttt_bench.training import tasks
 from ttt_bench.training.tasks import IGNORE_INDEX
-from ttt_bench.training.tasks.mqar import generate_mqar
+from ttt_bench.training.tasks.mqar import generate_mqar, no_recall_accuracy
 
 
 @pytest.mark.parametrize("seq_len, side", [(196, 14), (784, 28), (3136, 56)])
@@ -74,6 +74,35 @@ def test_mqar_is_the_same_on_every_load_and_checks_its_length():
         tasks.load_task("mqar", {"n_pairs": 8}, 30)
     with pytest.raises(ConfigError, match="vocab_size=10 is not allowed; it must be an integer >= 18"):
         tasks.load_task("mqar", {"n_pairs": 8, "vocab_size": 10}, 64)
+
+
+def test_mqar_floor_is_the_best_guess_among_the_values_not_yet_asked_for():
+    # Two sequences, 3 pairs each; queries come in the order asked. First: distinct values (1/3, 1/2, 1).
+    # Second: values 20, 20, 21, asked for 20 first: 2/3 (guess 20), then {20, 21}: 1/2, then {21}: 1.
+    P = IGNORE_INDEX
+    inputs = torch.tensor([[1, 20, 2, 21, 3, 22, 2, 21, 1, 20, 3, 22],
+                           [1, 20, 2, 20, 3, 21, 1, 20, 3, 21, 2, 20]])
+    targets = torch.tensor([[P, P, P, P, P, P, 21, P, 20, P, 22, P],
+                            [P, P, P, P, P, P, 20, P, 21, P, 20, P]])
+    expected = (1 / 3 + 1 / 2 + 1 + 2 / 3 + 1 / 2 + 1) / 6
+    assert no_recall_accuracy(inputs, targets, n_pairs=3) == pytest.approx(expected)
+    # With distinct values the floor is H_P / P; on generated data repeats raise it a little.
+    data = tasks.load_task("mqar", {"n_pairs": 8, "vocab_size": 64, "test_examples": 400}, 64)
+    harmonic = sum(1 / k for k in range(1, 9)) / 8
+    assert harmonic <= data.floor_accuracy < harmonic + 0.1 and data.chance_accuracy == 1 / 32
+
+
+@pytest.mark.parametrize("task, seq_len", [("digits", 16), ("mnist", 196)])
+def test_pixel_tasks_state_chance_and_a_floor_without_the_image(task, seq_len):
+    data = tasks.load_task(task, {}, seq_len)
+    majority = float((data.test_targets == data.train_targets.mode().values).double().mean())
+    assert data.chance_accuracy == 0.1 and data.floor_accuracy == max(0.1, majority)
+
+
+def test_bytes_lm_floor_is_the_most_frequent_byte():
+    data = tasks.load_task("bytes-lm", {"train_bytes": 50_000, "test_windows": 20}, 64)
+    space = float((data.test_targets == ord(" ")).double().mean())  # the most frequent byte of Python source
+    assert data.floor_accuracy == pytest.approx(space) and data.chance_accuracy == 1 / 256
 
 
 def test_bytes_lm_windows_are_next_byte_pairs_of_real_source():

@@ -33,7 +33,7 @@ def test_training_learns_far_above_chance(digits):
 
 
 def test_same_seed_gives_the_same_numbers_and_another_seed_does_not(digits):
-    settings = TrainSettings(steps=12, warmup_steps=2)
+    settings = TrainSettings(steps=12, lr=1e-3, warmup_steps=2)
     first = train_model(small("ttt-linear"), digits, settings, batch_size=16, seed=7)
     again = train_model(small("ttt-linear"), digits, settings, batch_size=16, seed=7)
     other = train_model(small("ttt-linear"), digits, settings, batch_size=16, seed=8)
@@ -50,7 +50,7 @@ def test_early_stopping_at_the_target(digits):
 
 
 def test_a_nan_loss_ends_the_run_as_diverged(digits):
-    result = train_model(small("faulty-nan"), digits, TrainSettings(steps=20), batch_size=8, seed=0)
+    result = train_model(small("faulty-nan"), digits, TrainSettings(steps=20, lr=1e-3), batch_size=8, seed=0)
     assert result.status == "diverged" and result.steps == 1
     assert "the training loss became nan at step 1" in result.message
     assert result.evaluation is None  # no stale accuracy beside a diverged run
@@ -58,7 +58,8 @@ def test_a_nan_loss_ends_the_run_as_diverged(digits):
 
 def test_loss_by_position_on_a_per_token_task():
     data = tasks.load_task("bytes-lm", {"train_bytes": 20_000, "test_windows": 8}, 32)
-    result = train_model(small("delta-rule"), data, TrainSettings(steps=3, warmup_steps=1), batch_size=4, seed=0)
+    settings = TrainSettings(steps=3, lr=1e-3, warmup_steps=1)
+    result = train_model(small("delta-rule"), data, settings, batch_size=4, seed=0)
     losses = result.evaluation.loss_by_position
     assert len(losses) == 32 and all(math.isfinite(loss) for loss in losses)
     assert abs(sum(losses) / 32 - result.evaluation.loss) < 1e-4  # every position scored, equally weighted
@@ -86,7 +87,7 @@ def test_bad_settings_are_refused(field, value, message):
 
 def test_a_batch_larger_than_the_training_set_is_refused(digits):
     with pytest.raises(ConfigError, match="batch=5000 is not allowed; the task has 1500 training examples"):
-        train_model(small("linear-attention"), digits, TrainSettings(steps=1), batch_size=5000, seed=0)
+        train_model(small("linear-attention"), digits, TrainSettings(steps=1, lr=1e-3), batch_size=5000, seed=0)
 
 
 def test_position_bins_double_in_width():
@@ -104,13 +105,14 @@ def test_training_is_deterministic_across_processes(digits, tmp_path):
         "from ttt_bench.training import tasks\nfrom ttt_bench.training.models import ModelConfig\n"
         "from ttt_bench.training.train import TrainSettings, train_model\n"
         "r = train_model(ModelConfig('ttt-mlp', {}, 16, 2, 1, 32), tasks.load_task('digits', {}, 16), "
-        "TrainSettings(steps=5, warmup_steps=1), batch_size=16, seed=3)\nprint(repr(r.losses))\n"
+        "TrainSettings(steps=5, lr=1e-3, warmup_steps=1), batch_size=16, seed=3)\nprint(repr(r.losses))\n"
     )
     runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
             for _ in range(2)]
     assert runs[0] == runs[1] and runs[0].startswith("[")
     torch.set_num_threads(2)
-    here = train_model(ModelConfig("ttt-mlp", {}, 16, 2, 1, 32), digits, TrainSettings(steps=5, warmup_steps=1),
+    settings = TrainSettings(steps=5, lr=1e-3, warmup_steps=1)
+    here = train_model(ModelConfig("ttt-mlp", {}, 16, 2, 1, 32), digits, settings,
                        batch_size=16, seed=3)
     assert repr(here.losses) + "\n" == runs[0]
 

@@ -3,6 +3,7 @@ and training cells in the runner beside the profiling rows (one results frame, o
 
 import textwrap
 
+import pandas as pd
 import pytest
 from checks import write_suite
 
@@ -12,6 +13,7 @@ from ttt_bench.sweep.parse import load_suite, parse_suite
 from ttt_bench.sweep.runner import run_suite
 from ttt_bench.sweep.schema import SuiteError
 from ttt_bench.sweep.shipped import shipped_suites
+from ttt_bench.training import tasks
 
 TINY = """
     name = "tiny-training"
@@ -30,6 +32,7 @@ TINY = """
     steps = 3
     warmup_steps = 1
     eval_examples = 16
+    eval_every = 2
     [measure]
     threads = 1
     timeout_s = 120
@@ -85,6 +88,45 @@ def test_training_cells_give_rows_with_status_and_units(tiny_run):
         assert ok[column].notna().all() and (ok[column] > 0).all(), column
     assert (ok.steps == 3).all() and ok.accuracy.notna().all() and ok.accuracy.between(0, 1).all()
     assert set(ok.task_name) == {"digits", "mqar", "bytes-lm"} and ok.task_description.str.len().gt(0).all()
+
+
+def test_every_evaluation_is_an_eval_row_and_the_last_is_the_result(tiny_run):
+    frame = tiny_run[3]
+    evals = frame[frame.measurement == "eval"]
+    train = frame[(frame.measurement == "train") & (frame.status == "ok")]
+    for _, row in train.iterrows():
+        curve = evals[evals.config_hash == row.config_hash].sort_values("step")
+        assert curve.step.tolist() == [2, 3]  # every 2 steps, and the end
+        assert curve.tokens_seen.tolist() == [2 * 8 * 16, 3 * 8 * 16]  # B x N per step
+        assert curve.train_flops.iloc[-1] == pytest.approx(row.train_flops)
+        assert curve.accuracy.iloc[-1] == row.accuracy and curve.eval_loss_nats.iloc[-1] == row.eval_loss_nats
+        assert curve.train_time_s.is_monotonic_increasing and curve.train_time_s.iloc[-1] == row.train_time_s
+        for band in ("chance_accuracy", "floor_accuracy"):
+            assert (curve[band] == row[band]).all()
+    diverged = frame[(frame.variant == "faulty-nan") & (frame.measurement == "train")].config_hash.iloc[0]
+    assert evals[evals.config_hash == diverged].empty  # it diverged at step 1, before any evaluation
+
+
+def test_train_rows_carry_the_task_bands_the_state_and_the_resolved_lr(tiny_run):
+    import json
+
+    from ttt_bench.training.tasks import task_kind
+
+    train = tiny_run[3]
+    train = train[(train.measurement == "train") & (train.status == "ok")].set_index(["task", "variant"])
+    digits = train.loc[("digits", "linear-attention-causal")]
+    assert digits.chance_accuracy == 0.1 and digits.floor_accuracy >= 0.1 and "class" in digits.floor_name
+    recall = train.loc[("recall", "linear-attention-causal")]
+    assert recall.chance_accuracy == 1 / 8 and recall.chance_accuracy < recall.floor_accuracy < 1
+    # Two pairs of 2 x (8 + 1) floats (the 'sum' normaliser's column) per head, fp32, in each of the 1 block.
+    assert recall.state_bytes_stated == 2 * (8 * 9) * 4
+    assert digits.state_bytes_stated == recall.state_bytes_stated
+    assert pd.isna(train.loc[("digits", "mttt-linear"), "state_bytes_stated"])  # not causal: no decode state
+    assert (train.step_time_ms > 0).all()
+    for (task, _), row in train.iterrows():
+        name = "mqar" if task == "recall" else task
+        assert json.loads(row.train_settings)["lr"] == task_kind(name).default_lr  # the suite sets none
+        assert json.loads(row.model_settings) == {"mlp_ratio": 4.0, "pooling": "mean", "position_init_std": 1.0}
 
 
 def test_parameters_are_matched_to_the_named_layer(tiny_run):
@@ -146,6 +188,11 @@ def test_dry_run_lists_training_cells(tiny_run, capsys):
     ('train = { epochs = 3 }', "unknown key 'train.epochs'; allowed keys here: steps"),
     ('model = { match_params = "nonesuch" }', "key 'model.match_params': value 'nonesuch' is not allowed"),
     ('model = { n_layers = 0 }', "key 'model.n_layers': value 0 is not allowed"),
+    ('model = { pooling = "max" }', "key 'model.pooling': value 'max' is not allowed; choose one of"),
+    ('tasks = [{ name = "digits", train = { lr = -1 } }]', "key 'train.lr': value -1 is not allowed"),
+    ('tasks = [{ name = "digits", train = { epochs = 3 } }]', "unknown key 'tasks.0..train.epochs'"),
+    ('tasks = [{ name = "digits", model = { match_params = 100 } }]', "unknown key 'tasks.0..model.match_params'"),
+    ('tasks = [{ name = "digits", model = { pooling = "max" } }]', "key 'model.pooling': value 'max' is not allowed"),
 ])
 def test_training_suite_mistakes_name_the_key(change, message):
     key = change.split(" = ")[0]
@@ -181,6 +228,32 @@ def test_task_sweeps_and_labels_expand():
         ("recall-n_pairs=2", 16), ("recall-n_pairs=2", 32), ("recall-n_pairs=4", 32)]
     assert all(c.cell.batch == 32 and c.metrics == ("accuracy",) for c in cells)  # the training batch default
     assert len({c.config_hash for c in cells}) == 3
+
+
+def test_a_task_may_set_its_own_training_and_model_settings_over_the_suite():
+    suite = parse("""
+        layers = ["ttt-linear"]
+        [grid]
+        seq_len = 16
+        [train]
+        steps = 10
+        warmup_steps = 2
+        [model]
+        pooling = "last"
+        [[tasks]]
+        name = "digits"
+        [[tasks]]
+        name = "mqar"
+        options = { n_pairs = 2 }
+        train = { steps = 50, lr = 2e-3 }
+        model = { position_init_std = 0.02 }
+    """)
+    digits, mqar = (cell.training for cell in suite.cells())
+    digits_lr = tasks.task_kind("digits").default_lr
+    assert (digits.train.steps, digits.train.lr, digits.train.warmup_steps) == (10, digits_lr, 2)
+    assert (mqar.train.steps, mqar.train.lr, mqar.train.warmup_steps) == (50, 2e-3, 2)
+    assert (digits.model.pooling, digits.model.position_init_std) == ("last", 1.0)
+    assert (mqar.model.pooling, mqar.model.position_init_std) == ("last", 0.02)
 
 
 def test_shipped_training_suites_are_valid():

@@ -40,7 +40,8 @@ def _list(args: argparse.Namespace) -> None:
         return
     print("\ntasks (for suites with metrics = ['accuracy']):")
     for name in tasks.task_names():
-        print(f"  {name:20} {tasks.task_kind(name).description}")
+        kind = tasks.task_kind(name)
+        print(f"  {name:20} {kind.description} (lr {kind.default_lr:g} unless [train] sets one)")
         if args.knobs:
             for option, (default, doc) in tasks.option_docs(name).items():
                 print(f"    {option} = {default!r}  # {doc}")

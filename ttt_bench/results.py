@@ -75,7 +75,8 @@ DEFAULT_MEASUREMENTS = tuple(MEASUREMENT_OF_PASS[name] for name in PASSES)
 BACKENDS = ("eager", "compile")  # how a profiling cell runs its layer: as written, or through torch.compile
 TRAIN_MEASUREMENT = "train"  # a training cell's one summary row
 POSITION_MEASUREMENT = "loss_by_position"  # a per-token task's held-out loss over a bin of positions
-MEASUREMENTS = (*PROFILE_MEASUREMENTS, TRAIN_MEASUREMENT, POSITION_MEASUREMENT)
+EVAL_MEASUREMENT = "eval"  # one evaluation during training: a point of the learning curve
+MEASUREMENTS = (*PROFILE_MEASUREMENTS, TRAIN_MEASUREMENT, EVAL_MEASUREMENT, POSITION_MEASUREMENT)
 
 MiB, GiB = 2**20, 2**30
 # A timing whose p80 / p20 is above this is flagged noisy (docs/measurement.md): on an idle machine the calls of
@@ -140,7 +141,10 @@ COLUMNS: tuple[Column, ...] = (
         ("task_options", STRING, "", "training cells: the task's options (JSON)"),
         ("n_layers", INT, "count", "training cells: blocks of the backbone"),
         ("match_params", STRING, "", "training cells: the layer or parameter count the backbone is matched to"),
-        ("train_settings", STRING, "", "training cells: the outer loop's settings (JSON)"),
+        ("model_settings", STRING, "", "training cells: the backbone's MLP ratio, pooling and position "
+         "initialisation (JSON)"),
+        ("train_settings", STRING, "", "training cells: the outer loop's settings (JSON; lr: the task's default "
+         "where the suite set none)"),
         ("measure_settings", STRING, "", "how the cell was measured: the suite's [measure] settings that shape "
          "its numbers (JSON); rows that differ here are never averaged together"),
     ),
@@ -182,7 +186,9 @@ COLUMNS: tuple[Column, ...] = (
          "from its tensors after the prompt", {"label": "decode state (MiB)", "scale": 1 / MiB, "deterministic": True,
                                                "compared": True, "gate_tolerance": 0.0}),
         ("state_bytes_stated", INT, "bytes", "prefill and decode rows: the state's bytes as the layer states them "
-         "(decode_state_numel x the element size of `dtype`), beside the measured state_bytes"),
+         "(decode_state_numel x the element size of `dtype`), beside the measured state_bytes; train rows: the "
+         "whole model's recurrent state per sequence after N tokens, from the same figure (empty: the layer cannot "
+         "decode)"),
         ("compile_s", FLOAT, "s", "backend 'compile': wall-clock of the pass's first call, which compiles it; kept out "
          "of the timed calls", {"label": "compile time (s)"}),
         ("compile_error", FLOAT, "ratio", "backend 'compile': max |compiled - eager| / max |eager| of the pass's "
@@ -228,6 +234,16 @@ COLUMNS: tuple[Column, ...] = (
                                                                           "compared": True}),
         ("steps", INT, "count", "optimiser steps taken"),
         ("steps_to_target", INT, "count", "steps until the target accuracy was first reached (empty: never)"),
+        ("target_accuracy", FLOAT, "fraction correct", "train and eval rows: the suite's target accuracy (0: none)"),
+        ("step_time_ms", FLOAT, "ms", "train rows: wall-clock per optimiser step (train_time_s / steps)",
+         {"label": "time per training step (ms)"}),
+        ("chance_accuracy", FLOAT, "fraction correct", "train and eval rows: a uniform guess among the task's "
+         "answers, from its data"),
+        ("floor_accuracy", FLOAT, "fraction correct", "train and eval rows: the best accuracy reachable without "
+         "the capability the task probes (floor_name), from its data"),
+        ("floor_name", STRING, "", "train rows: the strategy floor_accuracy scores, in words"),
+        ("step", INT, "count", "eval rows: optimiser steps taken before the evaluation"),
+        ("tokens_seen", INT, "tokens", "eval rows: training tokens (B x N per step) before the evaluation"),
         ("position", INT, "token index", "loss_by_position rows: the bin's first position"),
         ("position_end", INT, "token index", "loss_by_position rows: the bin's end (exclusive)"),
     ),

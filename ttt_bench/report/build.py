@@ -1,11 +1,13 @@
 """`ttt-bench report`: results folders -> a report folder with figures/ (PNG and SVG), report.md and report.html.
 
 Sections, each present only when the results hold what it needs (what they lack is listed once, under the
-header, with the run that would fill it): noisy timings, accuracy vs FLOPs; per setting group, from its forward and
-forward + backward rows time vs N, memory vs N, the out-of-memory frontier, the crossover with softmax attention and
-achieved TFLOP/s vs N, from its prefill and decode rows the inference sections (ttt_bench.report.inference), and
-compiled against eager where cells ran both ways (ttt_bench.report.compiled); loss vs position, and the cells that
-did not finish. Rows set up differently are separate series (ttt_bench.report.settings).
+header, with the run that would fill it): noisy timings; accuracy vs FLOPs, the learning curves, accuracy vs state
+size, the accuracy over seeds and which series it separates (ttt_bench.report.seed_stats); per setting group, from
+its forward and forward + backward rows time vs N, memory vs N, the out-of-memory frontier, the crossover with
+softmax attention and achieved TFLOP/s vs N, from its prefill and decode rows the inference sections
+(ttt_bench.report.inference), and compiled against eager where cells ran both ways (ttt_bench.report.compiled);
+loss vs position, and the cells that did not finish. Rows set up differently are separate series
+(ttt_bench.report.settings).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import pandas as pd
 
 from ttt_bench.config import path_inside, slug_of
 from ttt_bench.errors import ConfigError
-from ttt_bench.report import compiled, figures, frames, frontier, inference, pareto, scaling
+from ttt_bench.report import compiled, figures, frames, frontier, inference, pareto, scaling, seed_stats
 from ttt_bench.report.document import FIGURES_DIR, Document, Section, Table, write_html, write_markdown
 from ttt_bench.report.manifest import ReportFiles
 from ttt_bench.report.palette import palette_of
@@ -53,7 +55,7 @@ def build_report(result_dirs: list[Path], out: Path, options: ReportOptions | No
     files = ReportFiles(out)
     files.clear_previous()  # a figure the new results no longer produce must not linger beside the new report
     writer = _SectionWriter(files, palette_of(frame))
-    sections = [_accuracy(writer, frame)]
+    sections = _accuracy_sections(writer, frame)
     profile = frames.profile_rows(frame)
     groups = frames.setting_groups(profile)
     if not groups:
@@ -105,21 +107,108 @@ class _SectionWriter:
         return stem
 
 
-def _accuracy(writer: _SectionWriter, frame: pd.DataFrame) -> Section:
-    title = "Accuracy vs FLOPs"
-    points = pareto.accuracy_points(frames.train_rows(frame))
-    if points.empty:
-        return Section(title, "No finished training rows in these results: run a suite with tasks and "
-                              "metrics = [\"accuracy\"] (suites/accuracy-quick.toml).")
-    caption = ("Held-out accuracy (fraction correct) against the model's forward FLOPs per token (analytic: mixers, "
-               "MLPs, embedding and head; 1 MAC = 2 FLOPs), log axis; one point per layer variant (per setting, where "
-               "a variant was trained under several), the mean over seeds with a bar of one standard deviation "
-               "(none with one seed); one panel per task and sequence length N. The dashed staircase is the Pareto "
-               "front: variants no other beats on both accuracy and FLOPs.")
-    writer.palette.learn_series(points["series"], points["variant"])
+def _accuracy_sections(writer: _SectionWriter, frame: pd.DataFrame) -> list[Section]:
+    """Accuracy vs FLOPs, the learning curves, accuracy vs state size, the statistics over seeds and which series
+    they separate; one line in their place where the results hold no finished training run."""
+    train, evals = frames.train_rows(frame), frames.eval_rows(frame)
+    statistics = seed_stats.seed_statistics(train, evals)
+    if statistics.empty:
+        return [Section("Accuracy vs FLOPs", "No finished training rows in these results: run a suite with tasks "
+                                             "and metrics = [\"accuracy\"] (suites/accuracy-quick.toml).")]
+    writer.palette.learn_series(statistics["series"], statistics["variant"])
+    return [_accuracy_vs_flops(writer, statistics), _learning_curves(writer, train, evals),
+            _accuracy_vs_state(writer, statistics), _seed_statistics(statistics), _separations(statistics)]
+
+
+_CHANCE_CAPTION = ("The dashed line is chance (a uniform guess among the task's answers) and the grey band reaches "
+                   "from it to the task's floor, the best accuracy reachable without the capability it probes: an "
+                   "accuracy there is no evidence of the capability.")
+
+
+def _accuracy_vs_flops(writer: _SectionWriter, statistics: pd.DataFrame) -> Section:
+    points = pareto.accuracy_points(statistics)
+    caption = (f"Held-out accuracy (fraction correct) against the model's forward FLOPs per token (analytic: mixers, "
+               f"MLPs, embedding and head; 1 MAC = 2 FLOPs), log axis; one point per layer variant (per setting, "
+               f"where a variant was trained under several), the mean over seeds with a bar over "
+               f"{seed_stats.INTERVAL_CAPTION}; one panel per task and sequence length N. The black dashed "
+               f"staircase is the Pareto front: variants no other beats on both mean accuracy and FLOPs. "
+               f"{_CHANCE_CAPTION}")
     stem = writer.save(figures.accuracy_vs_flops(points, writer.palette), "accuracy-vs-flops")
-    return Section(title, caption, [stem], [Table("Accuracy and cost per variant",
-                                                  shown(points.drop(columns="variant")))])
+    table = points.drop(columns=["variant", *seed_stats.LEVELS])
+    return Section("Accuracy vs FLOPs", caption, [stem], [Table("Accuracy and cost per variant", shown(table))])
+
+
+def _learning_curves(writer: _SectionWriter, train: pd.DataFrame, evals: pd.DataFrame) -> Section:
+    title = "Learning curves"
+    curves = seed_stats.learning_curves(train, evals)
+    if curves.empty:
+        return Section(title, "No evaluations during training in these results (eval rows; results written before "
+                              "them have none): rerun the training suite to draw learning curves.")
+    stems = [writer.save(figures.learning_curves(curves, writer.palette, x), f"learning-curves-by-{name}")
+             for x, name in (("step", "step"), ("train_flops", "flops"))]
+    caption = ("Held-out accuracy (fraction correct) at each evaluation during training, against the optimiser "
+               "step (count), then against the cumulative analytic training FLOPs (forward + backward, log axis); "
+               f"one panel per task and N; the line is the mean over the seeds evaluated at that step, the shaded "
+               f"band {seed_stats.INTERVAL_CAPTION}. Only runs that finished are drawn. {_CHANCE_CAPTION}")
+    return Section(title, caption, stems)
+
+
+def _accuracy_vs_state(writer: _SectionWriter, statistics: pd.DataFrame) -> Section:
+    title = "Accuracy vs state size"
+    stated = statistics["state_bytes_stated"].notna()
+    if not stated.any():
+        return Section(title, "No stated recurrent state on the training rows (state_bytes_stated; results written "
+                              "before it have none).")
+    stem = writer.save(figures.accuracy_vs_state(statistics, writer.palette), "accuracy-vs-state")
+    left_out = ", ".join(dict.fromkeys(statistics.loc[~stated, "series"]))
+    caption = (f"Held-out accuracy (fraction correct) against the recurrent state the whole model carries per "
+               f"sequence after N tokens (analytic, bytes, log axis: attention's KV cache grows with N, a recurrent "
+               f"or TTT layer's state does not); the mean over seeds with a bar over {seed_stats.INTERVAL_CAPTION}. "
+               f"A series without state (0 bytes: the {seed_stats.CONTROL_LAYER} control) cannot sit on a log "
+               f"axis: it is the horizontal line in its colour at its mean, its interval shaded. "
+               f"{_CHANCE_CAPTION}" + (f" Left out, having no decode state (they cannot decode): {left_out}."
+                                       if left_out else ""))
+    return Section(title, caption, [stem])
+
+
+def _seed_statistics(statistics: pd.DataFrame) -> Section:
+    caption = (f"Per task, N and series: the seeds that finished (n), the mean held-out accuracy (fraction correct) "
+               f"and {seed_stats.INTERVAL_CAPTION}; the share of seeds that reached the suite's target accuracy "
+               f"(empty: no target) and their mean optimiser steps to it; whether the series is above the floor: "
+               f"its interval's low end above the task's floor and, where the suite trained the "
+               f"{seed_stats.CONTROL_LAYER} control, above the control's interval high end (never with one seed; "
+               f"empty where the results state no floor); and the mean wall-clock time per optimiser step (ms). "
+               f"Seeds that did not finish are listed under cells that did not finish.")
+    columns = ["series", "seeds", "accuracy_mean", "accuracy_low", "accuracy_high", "target_share",
+               "steps_to_target_mean", "above_floor", "step_time_ms"]
+    tables = [Table(_panel_title(panel), shown(panel[columns]))
+              for _, panel in statistics.groupby(seed_stats.PANEL_COLUMNS, sort=False)]
+    return Section("Accuracy over seeds", caption, tables=tables)
+
+
+def _separations(statistics: pd.DataFrame) -> Section:
+    title = "Which series the intervals separate"
+    panels = [panel for _, panel in statistics.groupby(seed_stats.PANEL_COLUMNS, sort=False) if len(panel) > 1]
+    if not panels:
+        return Section(title, "No task and N with two series or more trained: nothing to separate.")
+    caption = (f"Per task and N, each series (row) against each other (column): '>' where the row's 95% t interval "
+               f"lies wholly above the column's, '<' wholly below, 'overlap' where the intervals overlap (the data "
+               f"do not separate them), '—' where either has one seed (no interval). Intervals: "
+               f"{seed_stats.INTERVAL_CAPTION}; not corrected for the number of pairs.")
+    tables = [Table(_panel_title(panel), shown(seed_stats.separation(panel).reset_index())) for panel in panels]
+    return Section(title, caption, tables=tables)
+
+
+def _panel_title(panel: pd.DataFrame) -> str:
+    """'mqar, N = 64: chance 0.016, floor 0.03 (guessing among the values not yet queried)'."""
+    first = panel.iloc[0]
+    title = f"{first['task']}, N = {first['seq_len']}"
+    if pd.notna(first["chance_accuracy"]):
+        title += f": chance {first['chance_accuracy']:.3g}"
+    if pd.notna(first["floor_accuracy"]):
+        named = f" ({first['floor_name']})" if isinstance(first["floor_name"], str) and first["floor_name"] else ""
+        title += f", floor {first['floor_accuracy']:.3g}{named}"
+    return title
 
 
 def _scaling_sections(writer: _SectionWriter, rows: pd.DataFrame, points: pd.DataFrame, setting: str, suffix: str,

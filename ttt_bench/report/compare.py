@@ -30,9 +30,10 @@ DEFAULT_THRESHOLD = 0.10  # relative change: 0.1 means 10% worse than A
 ALL_METRICS = "*"  # the thresholds key of the default for every metric without its own
 
 KEY_COLUMNS = ("suite", "variant", "layer", "knobs", "seq_len", "batch", "d_model", "n_heads", "dtype", "device",
-               "seed", "measurement", "task", "task_options", "n_layers", "match_params", "train_settings", "position")
+               "seed", "measurement", "task", "task_options", "n_layers", "match_params", "model_settings",
+               "train_settings", "position", "step")
 # Which rows of a cell are meant, not how it was set up: never treated as the compared setting.
-ROW_COLUMNS = ("measurement", "position")
+ROW_COLUMNS = ("measurement", "position", "step")
 ENVIRONMENT_COLUMNS = ("git_commit", "gpu_name", "cpu_model", "torch_version")
 REGRESSION, IMPROVEMENT = "regression", "improvement"
 # A timing that moved beyond its threshold between sets measured under different settings: no verdict on the code.

@@ -19,8 +19,9 @@ from matplotlib.lines import Line2D
 from PIL import Image
 
 from ttt_bench.report.frames import achieved_tflops_per_s, first_out_of_memory_seq_len
-from ttt_bench.report.palette import Palette
-from ttt_bench.report.units import METRICS, label
+from ttt_bench.report.palette import Palette, Style
+from ttt_bench.report.seed_stats import PANEL_COLUMNS
+from ttt_bench.report.units import METRICS, label, scale
 from ttt_bench.results import NOISY_SPREAD
 
 PNG_DPI = 300
@@ -81,24 +82,88 @@ def _figure(n_panels: int, width_per_panel: float = 5.0, height: float = 4.0, co
     return figure, axes[:n_panels]
 
 
-def accuracy_vs_flops(points: pd.DataFrame, palette: Palette) -> Figure:
-    """One panel per task and N: mean held-out accuracy over seeds (bars: one standard deviation) against
-    forward FLOPs per token, log axis, with the Pareto front; the series named in one legend beside the panels."""
-    panels = list(points.groupby(["task", "seq_len"], sort=False))
+NO_EVIDENCE = "no evidence of the capability"  # the band from chance up to the task's floor
+
+
+def _accuracy_panels(frame: pd.DataFrame) -> tuple[Figure, list[tuple[object, pd.DataFrame]]]:
+    """A figure with a panel per task and N of `frame`: (axes, rows) each, titled, its y axis the held-out accuracy
+    with the panel's chance level (dashed) and, up to the task's floor, a grey band where an accuracy is no evidence
+    of the capability the task probes (where the rows state them). Every accuracy figure starts here."""
+    panels = list(frame.groupby(PANEL_COLUMNS, sort=False))
     figure, axes = _figure(len(panels))
     for ax, ((task, seq_len), panel) in zip(axes, panels):
+        chance, floor = panel["chance_accuracy"].max(), panel["floor_accuracy"].max()
+        if math.isfinite(chance):
+            ax.axhline(chance, color="dimgrey", linestyle="--", linewidth=1, label="chance")
+            if math.isfinite(floor) and floor > chance:
+                ax.axhspan(chance, floor, color="grey", alpha=0.2, linewidth=0, label=NO_EVIDENCE)
+        ax.set_title(_literal(f"{task}, N = {seq_len}"))
+        ax.set_ylabel("held-out " + label("accuracy"))
+    return figure, list(zip(axes, (panel for _, panel in panels)))
+
+
+def _interval_bar(ax, x: float, row: pd.Series, style: Style) -> None:
+    """The series' mean accuracy at `x` with a bar over its 95% t interval (none with one seed)."""
+    ax.errorbar(x, row["accuracy_mean"], yerr=row["accuracy_high"] - row["accuracy_mean"], fmt=style.marker,
+                color=style.colour, capsize=3, markersize=5, label=_literal(row["series"]))
+
+
+def accuracy_vs_flops(points: pd.DataFrame, palette: Palette) -> Figure:
+    """One panel per task and N: mean held-out accuracy over seeds (bars: the 95% t interval) against forward
+    FLOPs per token, log axis, with the Pareto front; the series named in one legend beside the panels."""
+    figure, panels = _accuracy_panels(points)
+    for ax, panel in panels:
         for _, row in panel.iterrows():
-            style = palette.style(row["series"])
-            ax.errorbar(row["flops_per_token"], row["accuracy_mean"], yerr=row["accuracy_sd"], fmt=style.marker,
-                        color=style.colour, capsize=3, markersize=5, label=_literal(row["series"]))
+            _interval_bar(ax, row["flops_per_token"], row, palette.style(row["series"]))
         front = panel[panel["pareto"]].sort_values("flops_per_token")
         ax.plot(front["flops_per_token"], front["accuracy_mean"], drawstyle="steps-post", color="black",
                 linestyle="--", linewidth=1, label="Pareto front")
         _log_axis_with_readable_ticks(ax, panel["flops_per_token"])
-        ax.set_title(_literal(f"{task}, N = {seq_len}"))
         ax.set_xlabel(label("flops_per_token"))
-        ax.set_ylabel("held-out " + label("accuracy"))
-    _figure_legend(figure, axes)
+    _figure_legend(figure, [ax for ax, _ in panels])
+    return figure
+
+
+def learning_curves(curves: pd.DataFrame, palette: Palette, x: str) -> Figure:
+    """One panel per task and N: held-out accuracy against `x` (`step`, the optimiser step, or `train_flops`, the
+    cumulative training FLOPs on a log axis), the mean over the seeds evaluated there with its 95% t interval
+    shaded (seed_stats.learning_curves)."""
+    figure, panels = _accuracy_panels(curves)
+    for ax, panel in panels:
+        for name, rows in panel.groupby("series", sort=False):
+            rows = rows.sort_values("step")
+            style = palette.style(name)
+            ax.plot(rows[x], rows["accuracy_mean"], color=style.colour, linestyle=style.linestyle,
+                    marker=style.marker, markersize=3, linewidth=1.2, label=_literal(name))
+            ax.fill_between(rows[x], rows["accuracy_low"], rows["accuracy_high"], color=style.colour, alpha=0.2,
+                            linewidth=0)
+        if x == "train_flops":
+            _log_axis_with_readable_ticks(ax, panel[x][panel[x] > 0])
+        ax.set_xlabel(label(x))
+    _figure_legend(figure, [ax for ax, _ in panels])
+    return figure
+
+
+def accuracy_vs_state(statistics: pd.DataFrame, palette: Palette) -> Figure:
+    """One panel per task and N: mean held-out accuracy (bars: the 95% t interval) against the model's stated
+    recurrent state per sequence, log axis. A series without state (0 bytes, the no-mixer control) cannot sit on
+    a log axis: it is a horizontal line at its mean, its interval shaded. Rows without a stated state are not
+    drawn (the caller names them)."""
+    figure, panels = _accuracy_panels(statistics[statistics["state_bytes_stated"].notna()])
+    for ax, panel in panels:
+        for _, row in panel.iterrows():
+            style = palette.style(row["series"])
+            if row["state_bytes_stated"] > 0:
+                _interval_bar(ax, row["state_bytes_stated"] * scale("state_bytes_stated"), row, style)
+                continue
+            ax.axhline(row["accuracy_mean"], color=style.colour, linestyle=style.linestyle, linewidth=1.2,
+                       label=_literal(f"{row['series']} (no state)"))
+            if math.isfinite(row["accuracy_low"]):
+                ax.axhspan(row["accuracy_low"], row["accuracy_high"], color=style.colour, alpha=0.15, linewidth=0)
+        stated = panel["state_bytes_stated"] * scale("state_bytes_stated")
+        _log_axis_with_readable_ticks(ax, stated[stated > 0])
+        ax.set_xlabel(label("state_bytes_stated"))
+    _figure_legend(figure, [ax for ax, _ in panels])
     return figure
 
 

@@ -11,6 +11,7 @@ import pandas as pd
 from ttt_bench.report.settings import series
 from ttt_bench.results import (
     DEFAULT_MEASUREMENTS,
+    EVAL_MEASUREMENT,
     INFERENCE_PASSES,
     MEASUREMENT_OF_PASS,
     NOISY_SPREAD,
@@ -44,6 +45,11 @@ def inference_rows(profile: pd.DataFrame) -> pd.DataFrame:
 
 def train_rows(frame: pd.DataFrame) -> pd.DataFrame:
     return _rows_of(frame, (TRAIN_MEASUREMENT,))
+
+
+def eval_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """The evaluations during training: a point of a learning curve each."""
+    return _rows_of(frame, (EVAL_MEASUREMENT,))
 
 
 def position_rows(frame: pd.DataFrame) -> pd.DataFrame:

@@ -1,36 +1,25 @@
-"""Accuracy against compute: one point per series (a layer variant as set up; mean and spread over seeds) and
-the Pareto front, the series that no other beats on both accuracy and FLOPs.
+"""Accuracy against compute: one point per series (a layer variant as set up; its seed statistics) and the Pareto
+front, the series that no other beats on both accuracy and FLOPs.
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
-from ttt_bench.report.settings import series
+from ttt_bench.report.seed_stats import LEVELS, PANEL_COLUMNS
 
-PANEL_COLUMNS = ["task", "seq_len"]
+POINT_COLUMNS = [*PANEL_COLUMNS, "series", "variant", "flops_per_token", "params", "accuracy_mean", "accuracy_low",
+                 "accuracy_high", "seeds"]
 
 
-def accuracy_points(train: pd.DataFrame) -> pd.DataFrame:
-    """Per task, N and series: FLOPs per token (fixed by the config), the mean and standard deviation of the
-    held-out accuracy over seeds that finished, the seed count and the parameter count. Runs set up differently
-    (another backbone, training settings, threads) are separate series (ttt_bench.report.settings)."""
-    ok = train[(train["status"] == "ok") & train["accuracy"].notna()]
-    columns = [*PANEL_COLUMNS, "series", "variant", "flops_per_token", "params", "accuracy_mean", "accuracy_sd",
-               "seeds"]
-    if ok.empty:
-        return pd.DataFrame(columns=[*columns, "pareto"])
-    ok = ok.assign(series=series(ok, panels=tuple(PANEL_COLUMNS)).labels)
-    grouped = ok.groupby([*PANEL_COLUMNS, "series"], sort=False)
-    points = grouped.agg(variant=("variant", "first"), flops_per_token=("flops_per_token", "median"),
-                         params=("params", "median"),
-                         accuracy_mean=("accuracy", "mean"), accuracy_sd=("accuracy", "std"),
-                         seeds=("accuracy", "size")).reset_index()
-    points["accuracy_sd"] = points["accuracy_sd"].fillna(0.0)
-    points["pareto"] = False
+def accuracy_points(statistics: pd.DataFrame) -> pd.DataFrame:
+    """Per task, N and series of `statistics` (seed_stats.seed_statistics): FLOPs per token, parameters, the mean
+    accuracy with its 95% t interval over the seeds that finished, the seed count, whether the series is on its
+    panel's Pareto front, and the panel's chance and floor (for the figure)."""
+    points = statistics[[*POINT_COLUMNS, *LEVELS]].assign(pareto=False)
     for _, panel in points.groupby(PANEL_COLUMNS, sort=False):
         points.loc[pareto_front(panel).index, "pareto"] = True
-    return points[[*columns, "pareto"]]
+    return points
 
 
 def pareto_front(panel: pd.DataFrame) -> pd.DataFrame:

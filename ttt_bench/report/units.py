@@ -19,8 +19,9 @@ IDENTITY_LABELS = {
 CONFIG_LABELS = {
     "seq_len": "N (tokens)", "batch": "batch (sequences)", "d_model": "width D (features)",
     "n_heads": "heads (count)", "position": "position (token index)", "n_layers": "layers (count)",
+    "step": "optimiser step (count)",
     "match_params": "parameters matched to (layer or count)", "task_options": "task options",
-    "train_settings": "training settings",
+    "train_settings": "training settings", "model_settings": "backbone settings",
 }
 # Columns the report derives from the results.
 DERIVED_LABELS = {
@@ -38,6 +39,10 @@ DERIVED_LABELS = {
     "prediction_note": "why no prediction",
     "accuracy_mean": "accuracy mean (fraction correct)", "accuracy_sd": "accuracy sd (fraction correct)",
     "seeds": "seeds (count)", "pareto": "on the Pareto front",
+    "accuracy_low": "95% interval low (fraction correct)", "accuracy_high": "95% interval high (fraction correct)",
+    "chance_accuracy": "chance (fraction correct)", "floor_accuracy": "floor (fraction correct)",
+    "target_share": "seeds that reached the target (fraction)", "steps_to_target_mean": "mean steps to target (count)",
+    "above_floor": "above the floor and the control",
     "achieved_tflops_per_s": "achieved (TFLOP/s)", "position_end": "bin end (token index)",
     "matmul_tflops_per_s": "dense matmul here (TFLOP/s)",
     "state_exponent": "state exponent (a in N^a)",

@@ -4,7 +4,10 @@ task, builds the backbone around its layer and trains it. Like measure_cell, nei
 row with its status and message.
 
 Training rows (beside the cell's config columns):
-    measurement 'train'             accuracy, losses (nats), parameters, FLOPs per token, time, tokens/s
+    measurement 'train'             accuracy, losses (nats), parameters, FLOPs per token, time, tokens/s, the
+                                    task's chance and floor, the model's recurrent state in bytes
+    measurement 'eval'              each evaluation during training (the learning curve): step, tokens and
+                                    FLOPs so far, accuracy, held-out loss
     measurement 'loss_by_position'  per-token tasks: the held-out loss over positions [position, position_end),
                                     in bins that double in width (1, 1, 2, 4, ...) as on a log axis
 """
@@ -24,9 +27,10 @@ from ttt_bench.profile.inference import DecodeSettings
 from ttt_bench.profile.matmul_peak import matmul_tflops_per_s
 from ttt_bench.profile.measure import DTYPES, first_line, is_out_of_memory, measure_cell, release_memory, tidy_rows
 from ttt_bench.profile.memory import available_memory_bytes
-from ttt_bench.results import POSITION_MEASUREMENT, TRAIN_MEASUREMENT, GiB
+from ttt_bench.results import EVAL_MEASUREMENT, POSITION_MEASUREMENT, TRAIN_MEASUREMENT, GiB
 from ttt_bench.sweep.plan import PlannedCell
 from ttt_bench.training.tasks import load_task
+from ttt_bench.training.tasks.base import TaskData
 from ttt_bench.training.train import TrainResult, train_model
 
 _ENVIRONMENTS: dict[tuple[str, int], dict[str, object]] = {}
@@ -106,11 +110,28 @@ def train_cell(planned: PlannedCell) -> list[dict[str, object]]:
         return [{"measurement": TRAIN_MEASUREMENT, "status": status, "message": first_line(error) + hint}]
     finally:
         release_memory(cell.device)
+    bands = _bands(data, training.train.target_accuracy)
     train_row = {
         "measurement": TRAIN_MEASUREMENT, "status": result.status, "message": result.message,
-        "task_description": data.description, **_train_metrics(result, config.mlp_hidden),
+        "task_description": data.description, "floor_name": data.floor_name, **bands,
+        "state_bytes_stated": result.state_bytes, **_train_metrics(result, config.mlp_hidden),
     }
-    return [train_row, *_position_rows(result)]
+    return [train_row, *_eval_rows(result, bands), *_position_rows(result)]
+
+
+def _bands(data: TaskData, target_accuracy: float) -> dict[str, float]:
+    """What a figure draws each accuracy against: chance, the floor without the capability, the target."""
+    return {"chance_accuracy": data.chance_accuracy, "floor_accuracy": data.floor_accuracy,
+            "target_accuracy": target_accuracy}
+
+
+def _eval_rows(result: TrainResult, bands: dict[str, float]) -> list[dict[str, object]]:
+    """One row per evaluation: the learning curve, against steps, tokens and training FLOPs."""
+    flops_per_step = result.cost.forward_backward_flops_per_token * result.cost.tokens
+    return [{"measurement": EVAL_MEASUREMENT, "status": "ok", "message": "", "step": point.step,
+             "tokens_seen": point.step * result.cost.tokens, "train_flops": point.step * flops_per_step,
+             "train_time_s": point.train_time_s, "accuracy": point.evaluation.accuracy,
+             "eval_loss_nats": point.evaluation.loss, **bands} for point in result.curve]
 
 
 def _train_metrics(result: TrainResult, mlp_hidden: int) -> dict[str, object]:
@@ -127,6 +148,7 @@ def _train_metrics(result: TrainResult, mlp_hidden: int) -> dict[str, object]:
         "train_flops_per_token": cost.forward_backward_flops_per_token,
         "train_flops": train_flops,
         "train_time_s": result.train_time_s,
+        "step_time_ms": 1e3 * result.train_time_s / result.steps if result.steps else math.nan,
         "tokens_per_s": result.tokens_per_s,
         "tflops_per_s": train_flops / result.train_time_s / 1e12 if result.train_time_s > 0 else math.nan,
         "steps": result.steps,

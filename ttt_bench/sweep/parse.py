@@ -51,6 +51,7 @@ from ttt_bench.sweep.schema import (
     PROFILING_AXES,
     SETTINGS_TABLES,
     TASK_ENTRY_KEYS,
+    TASK_MODEL_KEYS,
     TOP_LEVEL_KEYS,
     TRAINING_BATCH,
     SuiteError,
@@ -58,6 +59,7 @@ from ttt_bench.sweep.schema import (
 )
 from ttt_bench.training import tasks
 from ttt_bench.training.models import ModelSettings
+from ttt_bench.training.train import TrainSettings
 
 
 def load_suite(path: str | Path) -> Suite:
@@ -323,6 +325,12 @@ def _parse_tasks(check: Checker, raw: Any) -> list[TaskEntry]:
         options = entry.get("options", {})
         check.keys(f"{key}.options.", options, tuple(tasks.option_docs(name)))
         label = check.string(f"{key}.label", entry.get("label", name))
+        # A task's own [train] and [model] settings, each value checked here; the suite's tables fill the rest.
+        train, model = entry.get("train", {}), entry.get("model", {})
+        check.keys(f"{key}.train.", train, table_keys("train"))
+        _settings(check, TrainSettings, train)
+        check.keys(f"{key}.model.", model, TASK_MODEL_KEYS)
+        _settings(check, ModelSettings, model)
         sweep = entry.get("sweep", {})
         for swept in _sweep(check, key, sweep, [o for o in tasks.option_docs(name) if o not in options]):
             given = {**options, **swept}
@@ -330,7 +338,8 @@ def _parse_tasks(check: Checker, raw: Any) -> list[TaskEntry]:
                 tasks.task_options(name, given)
             except ConfigError as error:
                 raise SuiteError(f"{check.path}: key {key!r}: {error}") from None
-            entries.append(TaskEntry(label + "".join(f"-{k}={v}" for k, v in swept.items()), name, given, key))
+            entries.append(TaskEntry(label + "".join(f"-{k}={v}" for k, v in swept.items()), name, given, key, train,
+                                     model))
     _check_unique_labels(check, "tasks", [entry.label for entry in entries], "'label'")
     return entries
 

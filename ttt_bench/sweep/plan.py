@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from ttt_bench import layers
@@ -48,6 +48,23 @@ class TaskEntry:
     task: str  # the task's registered name
     options: dict
     key: str  # where the suite file lists it, e.g. 'tasks[1]'
+    train: dict = field(default_factory=dict)  # [train] settings for this task only, over the suite's
+    model: dict = field(default_factory=dict)  # [model] settings for this task only, over the suite's
+
+    def train_settings(self, suite: TrainSettings) -> TrainSettings:
+        """The suite's [train] with this task's own settings over it, and the task's default lr where none is set."""
+        return replace(suite, **self.train).for_task(tasks.task_kind(self.task).default_lr)
+
+    def model_settings(self, suite: ModelSettings) -> ModelSettings:
+        return replace(suite, **self.model)
+
+
+# [model] settings added after results folders existed: at their defaults they stay out of a cell's hash, so those
+# folders resume.
+LATER_MODEL_SETTINGS = ("pooling", "position_init_std")
+MODEL_DEFAULTS = {f.name: f.default for f in fields(ModelSettings)}
+# The backbone's settings that are not columns of their own (n_layers, match_params are): the model_settings column.
+RECIPE_MODEL_SETTINGS = ("mlp_ratio", "pooling", "position_init_std")
 
 
 @dataclass(frozen=True)
@@ -59,14 +76,18 @@ class Training:
     train: TrainSettings
 
     def identity(self) -> dict[str, object]:
+        model = {key: value for key, value in asdict(self.model).items()
+                 if key not in LATER_MODEL_SETTINGS or value != MODEL_DEFAULTS[key]}
         return {"task": self.task.label, "task_name": self.task.task, "task_options": self.task.options,
-                "model": asdict(self.model), "train": asdict(self.train)}
+                "model": model, "train": asdict(self.train)}
 
     def config_columns(self) -> dict[str, object]:
         return {
             "task": self.task.label, "task_name": self.task.task,
             "task_options": json.dumps(self.task.options, sort_keys=True), "n_layers": self.model.n_layers,
             "match_params": None if self.model.match_params is None else str(self.model.match_params),
+            "model_settings": json.dumps({key: getattr(self.model, key) for key in RECIPE_MODEL_SETTINGS},
+                                         sort_keys=True),
             "train_settings": json.dumps(asdict(self.train), sort_keys=True),
         }
 
@@ -184,7 +205,7 @@ class Suite:
                     training = None
                     if task is not None:
                         self._check_task_length(task, point["seq_len"])
-                        training = Training(task, self.model, self.train)
+                        training = Training(task, task.model_settings(self.model), task.train_settings(self.train))
                         skip_reason = skip_reason or causality_skip(entry, task)
                     skip_reason = skip_reason or amp_skip(point)
                     cell = Cell(layer=entry.layer, overrides=entry.knobs, **point)

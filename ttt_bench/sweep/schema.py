@@ -99,7 +99,9 @@ MAX_SECONDS = 7 * 24 * 3600.0
 # oversubscribes, and 100000 makes torch start 100000 OpenMP threads. A fixed bound keeps a suite portable.
 MAX_THREADS = 1024
 MAX_GIB = float(2**20)  # 1 PiB: a memory budget beyond any machine, whose bytes (2**50) stay well within int64
-TASK_ENTRY_KEYS = ("name", "label", "options", "sweep")
+TASK_ENTRY_KEYS = ("name", "label", "options", "sweep", "train", "model")
+# What a task entry's own `model` table may set: the recipe, not parameter matching (the suite's, one target).
+TASK_MODEL_KEYS = ("n_layers", "mlp_ratio", "pooling", "position_init_std")
 
 
 @dataclass(frozen=True)

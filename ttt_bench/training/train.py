@@ -10,6 +10,7 @@ task's data never depends on it, so the same seed (and thread count) gives the s
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ttt_bench.config import Integer, Number, check_fields, knob
+from ttt_bench.config import Integer, Number, Optional, check_fields, knob
 from ttt_bench.errors import ConfigError
 from ttt_bench.training.models import ModelConfig, ModelCost, SequenceModel, parameter_count
 from ttt_bench.training.tasks.base import IGNORE_INDEX, TaskData
@@ -30,7 +31,8 @@ class TrainSettings:
     """How the outer loop trains ([train] in a suite)."""
 
     steps: int = knob(300, "optimiser steps, at most (fewer when the target is reached)", Integer(1))
-    lr: float = knob(1e-3, "peak AdamW learning rate", Number())
+    lr: float | None = knob(None, "peak AdamW learning rate (empty: the task's default, `ttt-bench ls`)",
+                            Optional(Number()))
     weight_decay: float = knob(0.05, "AdamW decay of weight matrices (not of biases, norms or gains)",
                                Number(closed=True))
     warmup_steps: int = knob(30, "the learning rate rises linearly from 0 over these steps, then decays by a "
@@ -45,6 +47,10 @@ class TrainSettings:
 
     def __post_init__(self) -> None:
         check_fields(self, "train.")
+
+    def for_task(self, default_lr: float) -> TrainSettings:
+        """These settings with the task's default learning rate where none is set."""
+        return self if self.lr is not None else dataclasses.replace(self, lr=default_lr)
 
     def learning_rate(self, step: int) -> float:
         """The rate for optimiser step `step` (0-based)."""
@@ -64,10 +70,20 @@ class Evaluation:
 
 
 @dataclass
+class CurvePoint:
+    """One evaluation during training: where the run stood and how it scored."""
+
+    step: int  # optimiser steps taken before it
+    train_time_s: float  # of those steps, evaluations excluded
+    evaluation: Evaluation
+
+
+@dataclass
 class TrainResult:
     status: str  # 'ok' or 'diverged'
     message: str
     params: int
+    state_bytes: int | None  # the model's recurrent state per sequence (SequenceModel.state_bytes)
     cost: ModelCost  # analytic work of one training batch
     steps: int  # optimiser steps taken
     train_loss: float  # mean training loss over the last tenth of the steps taken, nats
@@ -76,17 +92,20 @@ class TrainResult:
     evaluation: Evaluation | None  # the last one; None when the run diverged before any
     steps_to_target: int | None = None  # the step whose evaluation first reached the target
     losses: list[float] = field(default_factory=list)  # every step's training loss, nats
+    curve: list[CurvePoint] = field(default_factory=list)  # every evaluation, in step order (the learning curve)
 
 
 def train_model(config: ModelConfig, data: TaskData, settings: TrainSettings, *, batch_size: int, seed: int,
                 device: str = "cpu", dtype: torch.dtype = torch.float32) -> TrainResult:
+    if settings.lr is None:
+        raise ConfigError("train: lr is not set; TrainSettings.for_task gives the task's default")
     torch.manual_seed(seed)
     model = SequenceModel(config, data.spec).to(device=device, dtype=_weight_dtype(dtype))
-    params = parameter_count(model)
     cost = model.cost(batch_size)
     optimiser = torch.optim.AdamW(_parameter_groups(model, settings.weight_decay), lr=settings.lr)
     batches = _batches(len(data.train_inputs), batch_size, torch.Generator().manual_seed(seed))
     losses: list[float] = []
+    curve: list[CurvePoint] = []
     evaluation, steps_to_target, train_time = None, None, 0.0
     for step in range(settings.steps):
         start = time.perf_counter()
@@ -110,19 +129,20 @@ def train_model(config: ModelConfig, data: TaskData, settings: TrainSettings, *,
             what = "loss" if not math.isfinite(losses[-1]) else "gradient norm"
             return _result(
                 "diverged", f"the training {what} became {losses[-1] if what == 'loss' else norm} at step {step + 1} "
-                f"(lr {settings.learning_rate(step):.3g})", params, cost, losses, train_time, None, None,
+                f"(lr {settings.learning_rate(step):.3g})", model, cost, losses, train_time, curve, None,
             )
         optimiser.step()
         last = step + 1 == settings.steps
         if last or (settings.eval_every and (step + 1) % settings.eval_every == 0):
             evaluation = evaluate(model, data, settings.eval_examples, batch_size, device, dtype)
+            curve.append(CurvePoint(step + 1, train_time, evaluation))
             if settings.target_accuracy and evaluation.accuracy >= settings.target_accuracy:
                 steps_to_target = step + 1
                 break
     if not math.isfinite(evaluation.loss):
-        return _result("diverged", f"the held-out loss is {evaluation.loss}", params, cost, losses, train_time,
-                       None, None)
-    return _result("ok", "", params, cost, losses, train_time, evaluation, steps_to_target)
+        return _result("diverged", f"the held-out loss is {evaluation.loss}", model, cost, losses, train_time,
+                       curve, None)
+    return _result("ok", "", model, cost, losses, train_time, curve, steps_to_target)
 
 
 @torch.no_grad()
@@ -162,10 +182,10 @@ def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor, reduction: str) 
 
 
 def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Decay the weight matrices (2-D and up), not the biases, norm gains or the position table."""
+    """Decay the weight matrices (2-D and up), not the biases, norm gains, the position table or the class token."""
     decayed, kept = [], []
     for name, param in model.named_parameters():
-        (decayed if param.dim() >= 2 and name != "positions" else kept).append(param)
+        (decayed if param.dim() >= 2 and name not in ("positions", "class_token") else kept).append(param)
     return [{"params": decayed, "weight_decay": weight_decay}, {"params": kept, "weight_decay": 0.0}]
 
 
@@ -192,13 +212,16 @@ def _cast(inputs: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return inputs.to(_weight_dtype(dtype)) if inputs.is_floating_point() else inputs
 
 
-def _result(status: str, message: str, params: int, cost: ModelCost, losses: list[float], train_time: float,
-            evaluation: Evaluation | None, steps_to_target: int | None) -> TrainResult:
+def _result(status: str, message: str, model: SequenceModel, cost: ModelCost, losses: list[float], train_time: float,
+            curve: list[CurvePoint], steps_to_target: int | None) -> TrainResult:
+    """The run's result; its evaluation is the curve's last, kept only for a run that did not diverge."""
     tail = [loss for loss in losses[-max(1, len(losses) // 10):] if math.isfinite(loss)]
     tokens = len(losses) * cost.tokens
     return TrainResult(
-        status=status, message=message, params=params, cost=cost, steps=len(losses),
+        status=status, message=message, params=parameter_count(model), state_bytes=model.state_bytes(), cost=cost,
+        steps=len(losses),
         train_loss=sum(tail) / len(tail) if tail else math.nan, train_time_s=train_time,
-        tokens_per_s=tokens / train_time if train_time > 0 else math.nan, evaluation=evaluation,
-        steps_to_target=steps_to_target, losses=losses,
+        tokens_per_s=tokens / train_time if train_time > 0 else math.nan,
+        evaluation=curve[-1].evaluation if curve and status == "ok" else None,
+        steps_to_target=steps_to_target, losses=losses, curve=curve,
     )

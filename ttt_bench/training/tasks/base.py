@@ -30,6 +30,11 @@ class TaskData:
     test_inputs: torch.Tensor
     test_targets: torch.Tensor
     description: str  # what was loaded, e.g. '5000 MNIST digits at 28x28 (4000 train, 1000 test)'
+    # The bands every accuracy figure draws, computed from the data: uniform guessing among the answers the task
+    # can have, and the best score reachable without the capability the task probes (floor_name says which).
+    chance_accuracy: float
+    floor_accuracy: float
+    floor_name: str
 
 
 @dataclass(frozen=True)
@@ -39,16 +44,17 @@ class TaskKind:
     load: Callable[[Any, int], TaskData]
     needs_causal: bool  # predicts tokens of the sequence itself: a non-causal mixer would see the answers
     description: str
+    default_lr: float  # the peak learning rate when a suite's [train] sets none (docs/accuracy.md#the-recipe)
 
 
 _TASKS: dict[str, TaskKind] = {}
 
 
-def register_task(name: str, options: type, needs_causal: bool, description: str):
+def register_task(name: str, options: type, needs_causal: bool, description: str, default_lr: float):
     def decorate(load: Callable[[Any, int], TaskData]) -> Callable[[Any, int], TaskData]:
         if name in _TASKS:
             raise ValueError(f"task {name!r} is already registered")
-        _TASKS[name] = TaskKind(name, options, load, needs_causal, description)
+        _TASKS[name] = TaskKind(name, options, load, needs_causal, description, default_lr)
         return load
 
     return decorate
@@ -94,6 +100,12 @@ def option_docs(name: str) -> Mapping[str, tuple[Any, str]]:
 
 def check_integer_option(task: str, field: str, value: Any, minimum: int) -> None:
     check_integer(f"task {task!r}", field, value, minimum)
+
+
+def majority_share(train_targets: torch.Tensor, test_targets: torch.Tensor) -> float:
+    """Held-out accuracy of always answering the training split's most frequent target (scored targets only)."""
+    train, test = train_targets[train_targets != IGNORE_INDEX], test_targets[test_targets != IGNORE_INDEX]
+    return float((test == train.mode().values).double().mean())
 
 
 def split_generator() -> torch.Generator:

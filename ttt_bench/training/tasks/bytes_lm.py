@@ -22,7 +22,13 @@ import torch
 from ttt_bench.config import knob
 from ttt_bench.errors import ConfigError
 from ttt_bench.training.models import InputSpec
-from ttt_bench.training.tasks.base import TaskData, check_integer_option, register_task, split_generator
+from ttt_bench.training.tasks.base import (
+    TaskData,
+    check_integer_option,
+    majority_share,
+    register_task,
+    split_generator,
+)
 
 VOCAB = 256  # bytes
 HELD_OUT_ONE_IN = 10
@@ -40,7 +46,7 @@ class BytesLmOptions:
 
 
 @register_task("bytes-lm", BytesLmOptions, needs_causal=True,
-               description="byte-level language modelling on the Python standard library's source")
+               description="byte-level language modelling on the Python standard library's source", default_lr=3e-3)
 def load_bytes_lm(options: BytesLmOptions, seq_len: int) -> TaskData:
     window = seq_len + 1
     train_text, test_text, files = read_stdlib(options.train_bytes, options.test_windows * window)
@@ -57,6 +63,8 @@ def load_bytes_lm(options: BytesLmOptions, seq_len: int) -> TaskData:
         train[:, :-1], train[:, 1:], test[:, :-1], test[:, 1:],
         f"Python {platform.python_version()} stdlib source, {files} files: {len(train_text):,} train bytes "
         f"({len(train)} windows), {len(test)} held-out windows of {seq_len} bytes",
+        chance_accuracy=1 / VOCAB, floor_accuracy=majority_share(train[:, 1:], test[:, 1:]),
+        floor_name="the most frequent byte, without context",
     )
 
 

