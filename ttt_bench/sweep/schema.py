@@ -70,6 +70,10 @@ PROFILING_AXES = ("backend", "amp")  # axes a training suite leaves at their def
 LOW_PRECISION_DTYPES = ("bfloat16", "float16")  # what amp = true autocasts to
 RULE_OPERATORS = ("gt", "ge", "lt", "le")
 
+TASK_ENTRY_KEYS = ("name", "label", "options", "sweep", "train", "model")
+# What a task entry's own `model` table may set: the recipe, not parameter matching (the suite's, one target).
+TASK_MODEL_KEYS = ("n_layers", "mlp_ratio", "pooling", "position_init_std")
+
 TOP_LEVEL_KEYS = {
     "name": "the suite's name: results go to results/NAME by default (default: the file's name)",
     "description": "one line shown by `ttt-bench ls`",
@@ -82,7 +86,9 @@ TOP_LEVEL_KEYS = {
                "the suite)",
     "layers": "layer entries: a registered name, a glob over the names ('ttt-*'), or a table "
               "{ name, label, knobs, sweep }",
-    "tasks": "a training suite's task entries: a task name or a table { name, label, options, sweep }",
+    "tasks": "a training suite's task entries: a task name or a table { name, label, options, sweep, train, model }; "
+             "its `train` and `model` set [train] and [model] keys for that task only (`model`: "
+             + ", ".join(TASK_MODEL_KEYS) + ")",
     "grid": "the axes whose product makes the cells (below)",
     "measure": "how each cell is measured ([measure], below)",
     "model": "a training suite's backbone ([model], below)",
@@ -99,9 +105,6 @@ MAX_SECONDS = 7 * 24 * 3600.0
 # oversubscribes, and 100000 makes torch start 100000 OpenMP threads. A fixed bound keeps a suite portable.
 MAX_THREADS = 1024
 MAX_GIB = float(2**20)  # 1 PiB: a memory budget beyond any machine, whose bytes (2**50) stay well within int64
-TASK_ENTRY_KEYS = ("name", "label", "options", "sweep", "train", "model")
-# What a task entry's own `model` table may set: the recipe, not parameter matching (the suite's, one target).
-TASK_MODEL_KEYS = ("n_layers", "mlp_ratio", "pooling", "position_init_std")
 
 
 @dataclass(frozen=True)
