@@ -63,6 +63,26 @@ def test_the_interval_is_students_t_over_the_seeds():
     assert (ttt["accuracy_low"], ttt["accuracy_high"]) == pytest.approx((0.6 - half, 0.6 + half), rel=1e-6)
 
 
+def test_intervals_are_clipped_to_the_accuracies_possible():
+    frame = _frame(("no-mixer",))
+    train = frame[frame.measurement == "train"].copy()
+    train["accuracy"] = [0.5, 1.0, 1.0]  # mean 0.833, t half-width 0.717: the raw interval reaches 1.55
+    low, high = seed_stats.seed_statistics(train).loc[0, ["accuracy_low", "accuracy_high"]]
+    assert high == 1.0 and low == pytest.approx(0.8333333 - T_975_2 * np.std([0.5, 1, 1], ddof=1) / math.sqrt(3))
+    train["accuracy"] = [0.0, 0.0, 0.5]
+    assert seed_stats.seed_statistics(train).loc[0, "accuracy_low"] == 0.0
+
+
+def test_a_run_stopped_at_its_target_holds_its_accuracy_in_the_curve():
+    frame = _frame(("ttt-linear",))
+    stopped = (frame.config_hash == "ttt-linear-2") & (frame.measurement == "eval")
+    frame = frame[~(stopped & (frame.step == 30))].copy()  # seed 2 reached 0.7 >= 0.5 at step 20 and stopped
+    frame.loc[stopped & (frame.step == 20), "accuracy"] = 0.7
+    curve = seed_stats.learning_curves(frames.train_rows(frame), frames.eval_rows(frame)).set_index("step")
+    assert curve.loc[30, "seeds"] == 3 and curve.loc[30, "accuracy_mean"] == pytest.approx((0.5 + 0.6 + 0.7) / 3)
+    assert curve.loc[20, "accuracy_mean"] == pytest.approx((0.5 * 2 / 3 + 0.6 * 2 / 3 + 0.7) / 3)
+
+
 def test_one_seed_has_no_interval_and_is_never_separated_or_above_the_floor():
     statistics = _statistics(_frame())
     attention = statistics.loc["attention-sdpa"]
@@ -76,9 +96,9 @@ def test_one_seed_has_no_interval_and_is_never_separated_or_above_the_floor():
 
 def test_the_separation_table_marks_only_intervals_that_do_not_overlap():
     table = seed_stats.separation(_statistics(_frame()).reset_index())
-    assert table.loc["linear-attention-causal", "no-mixer"] == ">"  # 0.300 above 0.270
-    assert table.loc["no-mixer", "linear-attention-causal"] == "<"
-    assert table.loc["ttt-linear", "no-mixer"] == ">"
+    assert table.loc["linear-attention-causal", "no-mixer"] == "above"  # 0.300 above 0.270
+    assert table.loc["no-mixer", "linear-attention-causal"] == "below"
+    assert table.loc["ttt-linear", "no-mixer"] == "above"
     assert table.loc["ttt-linear", "linear-attention-causal"] == "overlap"  # a higher mean is not a separation
     assert table.loc["delta-rule", "no-mixer"] == "overlap"
     assert table.loc["ttt-linear", "ttt-linear"] == "·"

@@ -17,8 +17,10 @@ from ttt_bench.layers.base import LayerCost, MixerConfig, SequenceMixer, autogra
 from ttt_bench.layers.registry import register
 from ttt_bench.layers.state import DecodeState
 
+CONTROL_LAYER = "no-mixer"  # reports draw it as the control and judge the other layers against it
 
-@register("no-mixer")
+
+@register(CONTROL_LAYER)
 class NoMixer(SequenceMixer):
     """Causal by construction (token t reads x_t only), as a layer without a `causal` knob is taken to be."""
 

@@ -191,9 +191,9 @@ def _separations(statistics: pd.DataFrame) -> Section:
     panels = [panel for _, panel in statistics.groupby(seed_stats.PANEL_COLUMNS, sort=False) if len(panel) > 1]
     if not panels:
         return Section(title, "No task and N with two series or more trained: nothing to separate.")
-    caption = (f"Per task and N, each series (row) against each other (column): '>' where the row's 95% t interval "
-               f"lies wholly above the column's, '<' wholly below, 'overlap' where the intervals overlap (the data "
-               f"do not separate them), '—' where either has one seed (no interval). Intervals: "
+    caption = (f"Per task and N, each series (row) against each other (column): 'above' where the row's 95% t "
+               f"interval lies wholly above the column's, 'below' wholly below, 'overlap' where the intervals overlap "
+               f"(the data do not separate them), '—' where either has one seed (no interval). Intervals: "
                f"{seed_stats.INTERVAL_CAPTION}; not corrected for the number of pairs.")
     tables = [Table(_panel_title(panel), shown(seed_stats.separation(panel).reset_index())) for panel in panels]
     return Section(title, caption, tables=tables)

@@ -103,8 +103,10 @@ def _accuracy_panels(frame: pd.DataFrame) -> tuple[Figure, list[tuple[object, pd
 
 
 def _interval_bar(ax, x: float, row: pd.Series, style: Style) -> None:
-    """The series' mean accuracy at `x` with a bar over its 95% t interval (none with one seed)."""
-    ax.errorbar(x, row["accuracy_mean"], yerr=row["accuracy_high"] - row["accuracy_mean"], fmt=style.marker,
+    """The series' mean accuracy at `x` with a bar over its 95% t interval (none with one seed; clipped to [0, 1],
+    so it need not be symmetric)."""
+    mean = row["accuracy_mean"]
+    ax.errorbar(x, mean, yerr=[[mean - row["accuracy_low"]], [row["accuracy_high"] - mean]], fmt=style.marker,
                 color=style.colour, capsize=3, markersize=5, label=_literal(row["series"]))
 
 

@@ -11,6 +11,7 @@ import pandas as pd
 import seaborn as sns
 
 from ttt_bench import layers
+from ttt_bench.layers.control import CONTROL_LAYER
 
 
 @dataclass(frozen=True)
@@ -21,14 +22,16 @@ class Style:
 
 
 LINE_STYLES = ("-", "--", ":", "-.")
+CONTROL_COLOUR = (0.3, 0.3, 0.3)
 MARKERS = ("o", "s", "^", "D", "v", "P")
 
 
 class Palette:
     """A colour per layer, the same in every report: a registered layer keeps the colour of its place in the
-    registry (tab20's strong shades first, then its pale ones); a layer the registry here does not know (a
-    user's own) takes a colour from a stable hash of its name. The variants and series of one layer share its
-    colour and differ by line style and marker, given in the order they are first drawn."""
+    registry (tab20's strong shades first, then its pale ones), the no-mixer control dark grey; a layer the
+    registry here does not know (a user's own) takes a colour from a stable hash of its name. The variants and
+    series of one layer share its colour and differ by line style and marker, given in the order they are first
+    drawn."""
 
     def __init__(self, layer_of: dict[str, str]) -> None:
         tab20 = sns.color_palette("tab20", 20)
@@ -48,6 +51,8 @@ class Palette:
         return self._layer_of.get(name, name)
 
     def layer_colour(self, layer: str) -> tuple[float, float, float]:
+        if layer == CONTROL_LAYER:  # the reference every accuracy is read against: neutral, never a layer's hue
+            return CONTROL_COLOUR
         if layer in self._index:
             return self._registered[self._index[layer] % len(self._registered)]
         return self._unregistered[zlib.crc32(layer.encode()) % len(self._unregistered)]

@@ -13,20 +13,20 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ttt_bench.layers.control import CONTROL_LAYER
 from ttt_bench.report.settings import series
 from ttt_bench.report.tables import MISSING
 
 PANEL_COLUMNS = ["task", "seq_len"]
 CONFIDENCE = 0.95
 INTERVAL_CAPTION = ("a 95% Student t interval of the mean over its n seeds (mean ± t(0.975, n - 1) x sd / √n, sd with "
-                    "n - 1; none with one seed)")
-CONTROL_LAYER = "no-mixer"  # the backbone without a sequence mixer: what the MLPs reach without seeing context
+                    "n - 1, clipped to the possible accuracies [0, 1]; none with one seed)")
 # Numbers the report reads from training and evaluation rows; results written before a column existed lack it (or
 # hold it null) and read NaN there.
 NUMBER_COLUMNS = ("chance_accuracy", "floor_accuracy", "target_accuracy", "steps_to_target", "step_time_ms",
                   "train_time_s", "steps", "step", "train_flops", "flops_per_token", "params", "state_bytes_stated")
 LEVELS = ("chance_accuracy", "floor_accuracy")  # a panel's: the same data, whatever the layer
-ABOVE, BELOW, OVERLAP, ITSELF = ">", "<", "overlap", "·"
+ABOVE, BELOW, OVERLAP, ITSELF = "above", "below", "overlap", "·"  # words: '<' and '>' read as markup in HTML
 STATISTICS_COLUMNS = [*PANEL_COLUMNS, "series", "variant", "layer", "seeds", "accuracy_mean", "accuracy_sd",
                       "accuracy_low", "accuracy_high", "flops_per_token", "params", "state_bytes_stated",
                       *LEVELS, "floor_name", "target_share", "steps_to_target_mean", "step_time_ms", "above_floor"]
@@ -87,8 +87,8 @@ def above_floor(statistics: pd.DataFrame) -> pd.Series:
 
 
 def separation(panel: pd.DataFrame) -> pd.DataFrame:
-    """The series of one panel's statistics against each other: the cell of row A and column B is '>' where A's
-    95% interval lies wholly above B's, '<' wholly below, 'overlap' where they overlap (touching included) and '—'
+    """The series of one panel's statistics against each other: the cell of row A and column B is 'above' where A's
+    95% interval lies wholly above B's, 'below' wholly below, 'overlap' where they overlap (touching included) and '—'
     where either has no interval (one seed); '·' on the diagonal."""
     names = list(panel["series"])
     low, high = dict(zip(names, panel["accuracy_low"])), dict(zip(names, panel["accuracy_high"]))
@@ -105,13 +105,15 @@ def separation(panel: pd.DataFrame) -> pd.DataFrame:
 
 
 def learning_curves(train: pd.DataFrame, evals: pd.DataFrame) -> pd.DataFrame:
-    """Per panel, series and optimiser step: the mean held-out accuracy over the seeds evaluated there with its
-    95% t interval, the cumulative training FLOPs (mean over those seeds) and the panel's chance and floor. Only
-    the evaluations of runs that finished, each in its run's series (finished_runs), so a curve and its run's
-    statistics always agree."""
+    """Per panel, series and optimiser step: the mean held-out accuracy over the seeds with its 95% t interval,
+    the cumulative training FLOPs (mean over those seeds) and the panel's chance and floor. Only the evaluations
+    of runs that finished, each in its run's series (finished_runs), so a curve and its run's statistics always
+    agree. A run that stopped early at its target holds its last accuracy at the later steps of its series:
+    otherwise the mean there would be over the seeds that had not yet reached it, and fall."""
     series_of = finished_runs(train).set_index("config_hash")["series"]
     evals = _with_numbers(evals[evals["status"] == "ok"])
     evals = evals.assign(series=evals["config_hash"].map(series_of)).dropna(subset=["series", "accuracy", "step"])
+    evals = _held_after_stopping(evals)
     if evals.empty:
         return pd.DataFrame(columns=[*PANEL_COLUMNS, "series", "variant", "step", "seeds", "accuracy_mean",
                                      "accuracy_sd", "accuracy_low", "accuracy_high", "train_flops", *LEVELS])
@@ -122,11 +124,26 @@ def learning_curves(train: pd.DataFrame, evals: pd.DataFrame) -> pd.DataFrame:
     return context.join(_mean_and_interval(grouped["accuracy"])).reset_index()
 
 
+def _held_after_stopping(evals: pd.DataFrame) -> pd.DataFrame:
+    """The evaluations, plus for each run stopped at its target (its last step below its series' last) a copy of
+    its last evaluation at every later step its series evaluated; the copies' FLOPs stay those it trained."""
+    steps = evals.groupby([*PANEL_COLUMNS, "series"])["step"].unique()
+    last = evals.sort_values("step").groupby("config_hash").tail(1)
+    stopped = last[(last["target_accuracy"] > 0) & (last["accuracy"] >= last["target_accuracy"])]
+    held = []
+    for index, row in stopped.iterrows():
+        later = [step for step in steps[tuple(row[[*PANEL_COLUMNS, "series"]])] if step > row["step"]]
+        held.append(evals.loc[[index] * len(later)].assign(step=later))  # copies keep the columns' dtypes
+    return pd.concat([evals, *held], ignore_index=True) if held else evals
+
+
 def _mean_and_interval(accuracy) -> pd.DataFrame:
-    """seeds, accuracy_mean, accuracy_sd, accuracy_low and accuracy_high of a grouped accuracy column."""
+    """seeds, accuracy_mean, accuracy_sd, accuracy_low and accuracy_high (clipped to [0, 1], where accuracies
+    lie) of a grouped accuracy column."""
     summary = accuracy.agg(seeds="size", accuracy_mean="mean", accuracy_sd="std")
     half = t_half_width(summary["accuracy_sd"], summary["seeds"])
-    return summary.assign(accuracy_low=summary["accuracy_mean"] - half, accuracy_high=summary["accuracy_mean"] + half)
+    return summary.assign(accuracy_low=(summary["accuracy_mean"] - half).clip(lower=0.0),
+                          accuracy_high=(summary["accuracy_mean"] + half).clip(upper=1.0))
 
 
 def _reached_target(runs: pd.DataFrame, evals: pd.DataFrame | None) -> pd.Series:
