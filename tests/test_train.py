@@ -1,6 +1,7 @@
 """The outer loop: it learns, it is deterministic on the CPU, it stops early at a target, a NaN ends the
 run as 'diverged', and its schedule and settings are what they say."""
 
+import dataclasses
 import math
 
 import faulty_layers  # noqa: F401  (registers faulty-nan)
@@ -47,6 +48,17 @@ def test_early_stopping_at_the_target(digits):
     result = train_model(small("linear-attention"), digits, settings, batch_size=32, seed=0)
     assert result.steps_to_target is not None and result.steps == result.steps_to_target < 100
     assert result.steps_to_target % 5 == 0 and result.evaluation.accuracy >= 0.11
+
+
+def test_compiled_training_learns_like_eager_and_keeps_its_compile_out_of_the_step_time(digits):
+    settings = TrainSettings(steps=4, lr=1e-2, warmup_steps=1)
+    eager = train_model(small("linear-attention"), digits, settings, batch_size=16, seed=0)
+    compiled = train_model(small("linear-attention"), digits, dataclasses.replace(settings, compile=True),
+                           batch_size=16, seed=0)
+    assert compiled.losses == pytest.approx(eager.losses, rel=1e-4)  # the same model, other kernels
+    assert eager.compile_s is None and eager.step_time_s == eager.train_time_s / 4
+    assert 0 < compiled.compile_s < compiled.train_time_s
+    assert compiled.step_time_s == pytest.approx((compiled.train_time_s - compiled.compile_s) / 3)
 
 
 def test_a_nan_loss_ends_the_run_as_diverged(digits):

@@ -256,14 +256,33 @@ def test_a_task_may_set_its_own_training_and_model_settings_over_the_suite():
     assert (mqar.model.pooling, mqar.model.position_init_std) == ("last", 0.02)
 
 
+def test_hashes_of_training_cells_from_before_the_recipe_settings_stay_valid():
+    """A training results folder written before pooling, position_init_std and compile existed resumes: the shipped
+    suites' first cells keep their hashes (taken from the commit before), and a non-default setting changes one."""
+    import dataclasses
+
+    first = {name: load_suite(next(p for p in shipped_suites() if p.stem == name)).cells()[0]
+             for name in ("regression-accuracy", "accuracy-mnist")}
+    assert {name: cell.config_hash for name, cell in first.items()} == {
+        "regression-accuracy": "418dfb9c31c5883b", "accuracy-mnist": "aacfad41c677b666"}
+    cell = first["regression-accuracy"]
+    for changed in (dataclasses.replace(cell.training, model=dataclasses.replace(cell.training.model, pooling="last")),
+                    dataclasses.replace(cell.training, train=dataclasses.replace(cell.training.train, compile=True))):
+        assert dataclasses.replace(cell, training=changed).config_hash != cell.config_hash
+
+
 def test_shipped_training_suites_are_valid():
-    names = {path.stem for path in shipped_suites()}
-    assert {"accuracy-quick", "accuracy-mnist"} <= names
-    quick = load_suite(next(p for p in shipped_suites() if p.stem == "accuracy-quick"))
-    run = [c for c in quick.cells() if c.skip_reason is None]
-    assert {c.training.task.task for c in run} == {"mnist", "mqar", "bytes-lm"}
-    families = {c.cell.layer.split("-")[0] for c in run}
-    assert {"attention", "linear", "delta", "ttt", "mttt"} <= families
+    suites = {path.stem: path for path in shipped_suites()}
+    assert {"accuracy-quick", "accuracy-cpu", "accuracy-recipe", "accuracy-mnist"} <= set(suites)
+    for name in ("accuracy-quick", "accuracy-cpu"):
+        run = [c for c in load_suite(suites[name]).cells() if c.skip_reason is None]
+        assert {c.training.task.task for c in run} == {"mnist", "mqar"}
+        assert {c.cell.layer for c in run} >= {"no-mixer", "attention-sdpa-causal", "delta-rule", "ttt-linear"}
+        assert {c.cell.seed for c in run} == {0, 1, 2}  # intervals need seeds
+        for cell in run:  # one recipe for every layer: the head reads the last token
+            assert cell.training.model.pooling == "last" and cell.training.train.lr == 3e-3
+    cpu = load_suite(suites["accuracy-cpu"]).cells()
+    assert {c.training.task.options["n_pairs"] for c in cpu if c.training.task.task == "mqar"} == {2, 4, 8, 16}
 
 
 def test_cli_lists_tasks_and_refuses_an_oom_search_of_a_training_suite(tmp_path, capsys):

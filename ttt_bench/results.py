@@ -190,7 +190,8 @@ COLUMNS: tuple[Column, ...] = (
          "whole model's recurrent state per sequence after N tokens, from the same figure (empty: the layer cannot "
          "decode)"),
         ("compile_s", FLOAT, "s", "backend 'compile': wall-clock of the pass's first call, which compiles it; kept out "
-         "of the timed calls", {"label": "compile time (s)"}),
+         "of the timed calls; train rows with [train] compile: the first step's, inside train_time_s and out of "
+         "step_time_ms", {"label": "compile time (s)"}),
         ("compile_error", FLOAT, "ratio", "backend 'compile': max |compiled - eager| / max |eager| of the pass's "
          "outputs on the same input, checked before timing"),
         ("eager_time_ms", FLOAT, "ms", "backend 'compile': the median time of the same pass through the eager layer, "
@@ -235,7 +236,8 @@ COLUMNS: tuple[Column, ...] = (
         ("steps", INT, "count", "optimiser steps taken"),
         ("steps_to_target", INT, "count", "steps until the target accuracy was first reached (empty: never)"),
         ("target_accuracy", FLOAT, "fraction correct", "train and eval rows: the suite's target accuracy (0: none)"),
-        ("step_time_ms", FLOAT, "ms", "train rows: wall-clock per optimiser step (train_time_s / steps)",
+        ("step_time_ms", FLOAT, "ms", "train rows: wall-clock per optimiser step (train_time_s / steps; compiled: the "
+         "steps after the first)",
          {"label": "time per training step (ms)"}),
         ("chance_accuracy", FLOAT, "fraction correct", "train and eval rows: a uniform guess among the task's "
          "answers, from its data"),

@@ -176,7 +176,8 @@ def _seed_statistics(statistics: pd.DataFrame) -> Section:
                f"and {seed_stats.INTERVAL_CAPTION}; the share of seeds that reached the suite's target accuracy "
                f"(empty: no target) and their mean optimiser steps to it; whether the series is above the floor: "
                f"its interval's low end above the task's floor and, where the suite trained the "
-               f"{seed_stats.CONTROL_LAYER} control, above the control's interval high end (never with one seed; "
+               f"{seed_stats.CONTROL_LAYER} control, above the control's interval high end (the control's own row: the "
+               f"floor only; never with one seed; "
                f"empty where the results state no floor); and the mean wall-clock time per optimiser step (ms). "
                f"Seeds that did not finish are listed under cells that did not finish.")
     columns = ["series", "seeds", "accuracy_mean", "accuracy_low", "accuracy_high", "target_share",

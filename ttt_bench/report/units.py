@@ -42,7 +42,7 @@ DERIVED_LABELS = {
     "accuracy_low": "95% interval low (fraction correct)", "accuracy_high": "95% interval high (fraction correct)",
     "chance_accuracy": "chance (fraction correct)", "floor_accuracy": "floor (fraction correct)",
     "target_share": "seeds that reached the target (fraction)", "steps_to_target_mean": "mean steps to target (count)",
-    "above_floor": "above the floor (and, but for the control itself, the control)",
+    "above_floor": "above the floor and the control",
     "achieved_tflops_per_s": "achieved (TFLOP/s)", "position_end": "bin end (token index)",
     "matmul_tflops_per_s": "dense matmul here (TFLOP/s)",
     "state_exponent": "state exponent (a in N^a)",

@@ -59,10 +59,15 @@ class TaskEntry:
         return replace(suite, **self.model)
 
 
-# [model] settings added after results folders existed: at their defaults they stay out of a cell's hash, so those
-# folders resume.
+# [model] and [train] settings added after results folders existed: at their defaults they stay out of a cell's
+# hash, so those folders resume.
 LATER_MODEL_SETTINGS = ("pooling", "position_init_std")
-MODEL_DEFAULTS = {f.name: f.default for f in fields(ModelSettings)}
+LATER_TRAIN_SETTINGS = ("compile",)
+
+
+def _without_later_defaults(settings, later: tuple[str, ...]) -> dict[str, object]:
+    defaults = {f.name: f.default for f in fields(settings)}
+    return {key: value for key, value in asdict(settings).items() if key not in later or value != defaults[key]}
 # The backbone's settings that are not columns of their own (n_layers, match_params are): the model_settings column.
 RECIPE_MODEL_SETTINGS = ("mlp_ratio", "pooling", "position_init_std")
 
@@ -76,10 +81,9 @@ class Training:
     train: TrainSettings
 
     def identity(self) -> dict[str, object]:
-        model = {key: value for key, value in asdict(self.model).items()
-                 if key not in LATER_MODEL_SETTINGS or value != MODEL_DEFAULTS[key]}
         return {"task": self.task.label, "task_name": self.task.task, "task_options": self.task.options,
-                "model": model, "train": asdict(self.train)}
+                "model": _without_later_defaults(self.model, LATER_MODEL_SETTINGS),
+                "train": _without_later_defaults(self.train, LATER_TRAIN_SETTINGS)}
 
     def config_columns(self) -> dict[str, object]:
         return {

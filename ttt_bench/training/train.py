@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ttt_bench.config import Integer, Number, Optional, check_fields, knob
+from ttt_bench.config import Integer, Number, OneOf, Optional, check_fields, knob
 from ttt_bench.errors import ConfigError
 from ttt_bench.training.models import ModelConfig, ModelCost, SequenceModel, parameter_count
 from ttt_bench.training.tasks.base import IGNORE_INDEX, TaskData
@@ -44,6 +44,9 @@ class TrainSettings:
     eval_examples: int = knob(1000, "held-out examples per evaluation, at most", Integer(1))
     target_accuracy: float = knob(0.0, "stop once the held-out accuracy reaches this (0: never)",
                                   Number(0.0, 1.0, closed=True))
+    compile: bool = knob(False, "train through torch.compile of the whole model; the first step compiles (compile_s, "
+                                "kept out of step_time_ms), so it pays off on long runs only (docs/accuracy.md)",
+                         OneOf((False, True)))
 
     def __post_init__(self) -> None:
         check_fields(self, "train.")
@@ -93,6 +96,14 @@ class TrainResult:
     steps_to_target: int | None = None  # the step whose evaluation first reached the target
     losses: list[float] = field(default_factory=list)  # every step's training loss, nats
     curve: list[CurvePoint] = field(default_factory=list)  # every evaluation, in step order (the learning curve)
+    compile_s: float | None = None  # compiled training: the first step's wall-clock, which compiles (in train_time_s)
+
+    @property
+    def step_time_s(self) -> float:
+        """Wall-clock per optimiser step; with compiling, over the steps after the first."""
+        compiled = self.compile_s is not None and self.steps > 1
+        steps = self.steps - compiled
+        return (self.train_time_s - (self.compile_s if compiled else 0.0)) / steps if steps else math.nan
 
 
 def train_model(config: ModelConfig, data: TaskData, settings: TrainSettings, *, batch_size: int, seed: int,
@@ -101,6 +112,9 @@ def train_model(config: ModelConfig, data: TaskData, settings: TrainSettings, *,
         raise ConfigError("train: lr is not set; TrainSettings.for_task gives the task's default")
     torch.manual_seed(seed)
     model = SequenceModel(config, data.spec).to(device=device, dtype=_weight_dtype(dtype))
+    # Evaluations run the eager model: under no_grad a compiled one would compile a second graph for them.
+    forward = torch.compile(model) if settings.compile else model
+    compile_s = None
     cost = model.cost(batch_size)
     optimiser = torch.optim.AdamW(_parameter_groups(model, settings.weight_decay), lr=settings.lr)
     batches = _batches(len(data.train_inputs), batch_size, torch.Generator().manual_seed(seed))
@@ -116,7 +130,7 @@ def train_model(config: ModelConfig, data: TaskData, settings: TrainSettings, *,
         targets = data.train_targets[index].to(device)
         model.train()
         with _autocast(device, dtype):
-            loss = _cross_entropy(model(_cast(inputs, dtype)), targets, reduction="mean")
+            loss = _cross_entropy(forward(_cast(inputs, dtype)), targets, reduction="mean")
         optimiser.zero_grad(set_to_none=True)
         norm = 0.0
         if torch.isfinite(loss):
@@ -124,12 +138,14 @@ def train_model(config: ModelConfig, data: TaskData, settings: TrainSettings, *,
             # With no clipping (0), an infinite bound still returns the norm the divergence check needs.
             norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), settings.clip_norm or math.inf))
         train_time += time.perf_counter() - start
+        if settings.compile and step == 0:
+            compile_s = train_time
         losses.append(float(loss.detach()))
         if not math.isfinite(losses[-1]) or not math.isfinite(norm):
             what = "loss" if not math.isfinite(losses[-1]) else "gradient norm"
             return _result(
                 "diverged", f"the training {what} became {losses[-1] if what == 'loss' else norm} at step {step + 1} "
-                f"(lr {settings.learning_rate(step):.3g})", model, cost, losses, train_time, curve, None,
+                f"(lr {settings.learning_rate(step):.3g})", model, cost, losses, train_time, curve, None, compile_s,
             )
         optimiser.step()
         last = step + 1 == settings.steps
@@ -141,8 +157,8 @@ def train_model(config: ModelConfig, data: TaskData, settings: TrainSettings, *,
                 break
     if not math.isfinite(evaluation.loss):
         return _result("diverged", f"the held-out loss is {evaluation.loss}", model, cost, losses, train_time,
-                       curve, None)
-    return _result("ok", "", model, cost, losses, train_time, curve, steps_to_target)
+                       curve, None, compile_s)
+    return _result("ok", "", model, cost, losses, train_time, curve, steps_to_target, compile_s)
 
 
 @torch.no_grad()
@@ -213,7 +229,7 @@ def _cast(inputs: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _result(status: str, message: str, model: SequenceModel, cost: ModelCost, losses: list[float], train_time: float,
-            curve: list[CurvePoint], steps_to_target: int | None) -> TrainResult:
+            curve: list[CurvePoint], steps_to_target: int | None, compile_s: float | None) -> TrainResult:
     """The run's result; its evaluation is the curve's last, kept only for a run that did not diverge."""
     tail = [loss for loss in losses[-max(1, len(losses) // 10):] if math.isfinite(loss)]
     tokens = len(losses) * cost.tokens
@@ -223,5 +239,5 @@ def _result(status: str, message: str, model: SequenceModel, cost: ModelCost, lo
         train_loss=sum(tail) / len(tail) if tail else math.nan, train_time_s=train_time,
         tokens_per_s=tokens / train_time if train_time > 0 else math.nan,
         evaluation=curve[-1].evaluation if curve and status == "ok" else None,
-        steps_to_target=steps_to_target, losses=losses, curve=curve,
+        steps_to_target=steps_to_target, losses=losses, curve=curve, compile_s=compile_s,
     )
