@@ -8,6 +8,7 @@ import torch
 
 from ttt_bench import layer_check
 from ttt_bench.layers import build, is_causal, names
+from ttt_bench.layers.control import CONTROL_LAYER
 
 CAUSAL = [name for name in names() if is_causal(name)]
 NON_CAUSAL = [name for name in names() if not is_causal(name)]
@@ -59,7 +60,9 @@ def test_the_state_size_is_stated_in_bytes_of_the_layers_dtype(name):
 def test_only_a_kv_cache_grows_with_the_context(name):
     layer = layer_check.small(name)
     sizes = [layer.decode_state_numel(2, context) for context in (1000, 2000, 4000)]
-    if name in KV_CACHE_LAYERS:
+    if name == CONTROL_LAYER:
+        assert sizes == [0, 0, 0]  # it carries nothing from one token to the next
+    elif name in KV_CACHE_LAYERS:
         assert sizes[1] - sizes[0] == sizes[0] and sizes[2] == 2 * sizes[1], sizes  # exactly proportional
     else:
         assert sizes[0] == sizes[1] == sizes[2] > 0, sizes

@@ -162,8 +162,9 @@ def _accuracy_vs_state(writer: _SectionWriter, statistics: pd.DataFrame) -> Sect
     stem = writer.save(figures.accuracy_vs_state(statistics, writer.palette), "accuracy-vs-state")
     left_out = ", ".join(dict.fromkeys(statistics.loc[~stated, "series"]))
     caption = (f"Held-out accuracy (fraction correct) against the recurrent state the whole model carries per "
-               f"sequence after N tokens (analytic, bytes, log axis: attention's KV cache grows with N, a recurrent "
-               f"or TTT layer's state does not); the mean over seeds with a bar over {seed_stats.INTERVAL_CAPTION}. "
+               f"sequence after N tokens, as a decoding layer holds it (analytic, MiB, log axis: attention's KV "
+               f"cache grows with N, allocated 256 tokens at a time; a recurrent or TTT layer's state does not grow); "
+               f"the mean over seeds with a bar over {seed_stats.INTERVAL_CAPTION}. "
                f"A series without state (0 bytes: the {seed_stats.CONTROL_LAYER} control) cannot sit on a log "
                f"axis: it is the horizontal line in its colour at its mean, its interval shaded. "
                f"{_CHANCE_CAPTION}" + (f" Left out, having no decode state (they cannot decode): {left_out}."
