@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ttt_bench.training.models import ModelSettings, SequenceModel
-from ttt_bench.training.tasks import load_task
+from ttt_bench.training.tasks import IGNORE_INDEX, load_task
 
 ROUNDS, STEPS_PER_ROUND, COMPILING_STEPS = 7, 10, 3
 
@@ -25,7 +25,7 @@ def time_layer(layer: str, data, inputs: torch.Tensor, targets: torch.Tensor) ->
     optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
     def step(forward) -> None:
-        loss = F.cross_entropy(forward(inputs).transpose(1, 2), targets, ignore_index=-100)
+        loss = F.cross_entropy(forward(inputs).transpose(1, 2), targets, ignore_index=IGNORE_INDEX)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()

@@ -127,17 +127,15 @@ def _bands(data: TaskData, target_accuracy: float) -> dict[str, float]:
 
 def _eval_rows(result: TrainResult, bands: dict[str, float]) -> list[dict[str, object]]:
     """One row per evaluation: the learning curve, against steps, tokens and training FLOPs."""
-    flops_per_step = result.cost.forward_backward_flops_per_token * result.cost.tokens
     return [{"measurement": EVAL_MEASUREMENT, "status": "ok", "message": "", "step": point.step,
-             "tokens_seen": point.step * result.cost.tokens, "train_flops": point.step * flops_per_step,
+             "tokens_seen": point.step * result.cost.tokens, "train_flops": result.cost.training_flops(point.step),
              "train_time_s": point.train_time_s, "accuracy": point.evaluation.accuracy,
              "eval_loss_nats": point.evaluation.loss, **bands} for point in result.curve]
 
 
 def _train_metrics(result: TrainResult, mlp_hidden: int) -> dict[str, object]:
     evaluation, cost = result.evaluation, result.cost
-    tokens = result.steps * cost.tokens
-    train_flops = cost.forward_backward_flops_per_token * tokens
+    train_flops = cost.training_flops(result.steps)
     return {
         "accuracy": evaluation.accuracy if evaluation else math.nan,
         "eval_loss_nats": evaluation.loss if evaluation else math.nan,

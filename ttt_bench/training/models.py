@@ -75,6 +75,10 @@ class ModelCost:
     def forward_backward_flops_per_token(self) -> float:
         return 2 * (self.forward_macs + self.backward_macs) / self.tokens
 
+    def training_flops(self, steps: int) -> float:
+        """Forward and backward FLOPs of `steps` training batches."""
+        return self.forward_backward_flops_per_token * steps * self.tokens
+
 
 class Block(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
