@@ -5,6 +5,7 @@ import pytest
 import torch
 from checks import RTOL, assert_forms_agree, assert_rel_close
 
+from ttt_bench.errors import ConfigError
 from ttt_bench.layers import build
 from ttt_bench.layers.ttt import inner_loop, learners, reference
 from ttt_bench.layers.ttt.reconstruction import InputReconstruction, ViewsReconstruction
@@ -130,14 +131,21 @@ def test_kernel_estimator_matches_reference(causal, n):
     )
 
 
+# The official layers' outer differences as knobs: the full-width LayerNorm before the output projection and the
+# tanh GELU of TTT-MLP.
+OFFICIAL = {"ttt-linear": {"post_norm": True}, "ttt-mlp": {"post_norm": True, "gelu_approximate": "tanh"}}
+
+
+@pytest.mark.parametrize("official", [False, True], ids=["defaults", "official-knobs"])
 @pytest.mark.parametrize("name", ["ttt-linear", "ttt-mlp"])
 @pytest.mark.parametrize("n", [63, 100])
-def test_layer_dual_equals_primal_with_official_semantics(name, n):
+def test_layer_dual_equals_primal_with_official_semantics(name, n, official):
     """E5: with learned per-token eta, 1/i scaling, LN and residual, dual == primal, outputs and every
     parameter gradient, at a length that is not a multiple of the mini-batch."""
     torch.manual_seed(n)
-    dual = build(name, d_model=16, n_heads=2, form="dual").double()
-    primal = build(name, d_model=16, n_heads=2, form="primal").double()
+    knobs = OFFICIAL[name] if official else {}
+    dual = build(name, d_model=16, n_heads=2, form="dual", **knobs).double()
+    primal = build(name, d_model=16, n_heads=2, form="primal", **knobs).double()
     primal.load_state_dict(dual.state_dict())
     x = torch.randn(2, n, 16, dtype=torch.float64)
     outs = [layer(x) for layer in (dual, primal)]
@@ -150,11 +158,15 @@ def test_layer_dual_equals_primal_with_official_semantics(name, n):
         assert_rel_close(p_dual.grad, p_primal.grad, RTOL[torch.float64], f"gradient of {pname}")
 
 
-@pytest.mark.parametrize("name", ["ttt-linear", "ttt-mlp", "mttt-mlp", "mttt-linear"])
-def test_layer_matches_its_reference_loop(name):
+@pytest.mark.parametrize(
+    ("name", "knobs"),
+    [("ttt-linear", {}), ("ttt-mlp", {}), ("mttt-mlp", {}), ("mttt-linear", {}),
+     ("ttt-mlp", OFFICIAL["ttt-mlp"]), ("mttt-mlp", {"gelu_approximate": "tanh"})],
+)
+def test_layer_matches_its_reference_loop(name, knobs):
     """The layer's own wiring (views, rates, W0, heads) through the fast loop and the reference loop."""
     torch.manual_seed(0)
-    layer = build(name, d_model=16, n_heads=2).double()
+    layer = build(name, d_model=16, n_heads=2, **knobs).double()
     x = torch.randn(2, 37, 16, dtype=torch.float64)
     batch = x.shape[0]
     flat = lambda t: t.flatten(0, 1)
@@ -171,3 +183,36 @@ def test_layer_matches_its_reference_loop(name):
     assert_rel_close(fast, slow, RTOL[torch.float64], "inner loop output")
     expected = layer.merge_heads_and_project(fast.unflatten(0, (batch, cfg.n_heads)))
     assert_rel_close(layer(x), expected, RTOL[torch.float64], "layer output")
+
+
+def test_post_norm_is_a_full_width_layer_norm_before_the_output_projection():
+    torch.manual_seed(0)
+    layer = build("ttt-linear", d_model=16, n_heads=2, post_norm=True).double()
+    with torch.no_grad():
+        layer.post_norm.weight.uniform_(0.5, 1.5)
+        layer.post_norm.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(2, 37, 16, dtype=torch.float64)
+    q, k, v = layer.qkv(x)
+    flat = lambda t: t.flatten(0, 1)
+    o, _ = layer.inner_loop(flat(q), flat(k), flat(v) - flat(k), flat(layer.inner_rates(x)),
+                            layer.initial_weights(2), layer.head(2))
+    merged = o.unflatten(0, (2, 2)).transpose(1, 2).reshape(2, 37, 16)
+    normed = torch.nn.functional.layer_norm(merged, (16,), layer.post_norm.weight, layer.post_norm.bias, eps=1e-6)
+    assert_rel_close(layer(x), layer.to_out(normed), RTOL[torch.float64], "post-normed output")
+
+
+def test_tanh_gelu_changes_ttt_mlp_outputs_a_little():
+    """The knob reaches the learner: the same weights give outputs that differ, by about the forms' gap."""
+    torch.manual_seed(0)
+    exact = build("ttt-mlp", d_model=16, n_heads=2).double()
+    tanh = build("ttt-mlp", d_model=16, n_heads=2, gelu_approximate="tanh").double()
+    tanh.load_state_dict(exact.state_dict())
+    x = torch.randn(2, 37, 16, dtype=torch.float64)
+    gap = (exact(x) - tanh(x)).abs().max().item()
+    assert 1e-9 < gap < 1e-2
+
+
+@pytest.mark.parametrize("name", ["ttt-linear", "ttt-kernel", "mttt-linear"])
+def test_tanh_gelu_is_refused_where_there_is_no_gelu(name):
+    with pytest.raises(ConfigError, match="gelu_approximate='tanh' needs learner='mlp'"):
+        build(name, d_model=16, n_heads=2, gelu_approximate="tanh")

@@ -210,10 +210,14 @@ class SequenceMixer(nn.Module):
         heads = self.config.n_heads
         return t.view(batch, seq_len, heads, width // heads).transpose(1, 2)
 
+    def merge_heads(self, o: torch.Tensor) -> torch.Tensor:
+        """o: [B, H, N, d] -> [B, N, D]."""
+        batch, heads, seq_len, head_dim = o.shape
+        return o.transpose(1, 2).reshape(batch, seq_len, heads * head_dim)
+
     def merge_heads_and_project(self, o: torch.Tensor) -> torch.Tensor:
         """o: [B, H, N, d] -> [B, N, D] through the output projection."""
-        batch, heads, seq_len, head_dim = o.shape
-        return self.to_out(o.transpose(1, 2).reshape(batch, seq_len, heads * head_dim))
+        return self.to_out(self.merge_heads(o))
 
     def projections_macs(self, batch: int, seq_len: int) -> int:
         d_model = self.config.d_model

@@ -24,10 +24,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ttt_bench.layers.base import with_ones
 from ttt_bench.layers.ttt import learners
+from ttt_bench.layers.ttt.gelu import gelu
 from ttt_bench.layers.ttt.learners import Dense
 from ttt_bench.layers.ttt.linear_scan import LinearLearnerScan
 from ttt_bench.layers.ttt.reconstruction import ViewsReconstruction
@@ -46,11 +46,11 @@ def _mini_batch_rates(eta: torch.Tensor, token_index_scale: bool) -> torch.Tenso
     return torch.tril(scales[:, None] * eta[..., None, :])
 
 
-def _inner_grads(weights, biased, head, k: torch.Tensor, prepared: torch.Tensor):
+def _inner_grads(weights, learner, head, k: torch.Tensor, prepared: torch.Tensor):
     """Each layer's (augmented) inputs X_l and the per-token loss gradients G_l at its pre-activation.
     k: the first layer's input (learners.first_input)."""
-    z, inputs, preacts = learners.forward_with_cache(weights, biased, k)
-    return inputs, learners.backward(weights, biased, preacts, head.grad(z, prepared))
+    z, inputs, preacts = learners.forward_with_cache(weights, learner, k)
+    return inputs, learners.backward(weights, learner, preacts, head.grad(z, prepared))
 
 
 def _gd_step(weights, rated_inputs, grads, sign: float = -1.0) -> list[torch.Tensor]:
@@ -74,12 +74,12 @@ class Pending:
     weights: list[torch.Tensor]
     accumulated: list[torch.Tensor]
     position: int
-    biased: list[bool]
+    learner: learners.Learner
 
     @classmethod
-    def start(cls, weights: list[torch.Tensor], biased: list[bool]) -> Pending:
+    def start(cls, weights: list[torch.Tensor], learner: learners.Learner) -> Pending:
         """A mini-batch about to start from `weights`."""
-        return cls(weights, [torch.zeros_like(w) for w in weights], 0, biased)
+        return cls(weights, [torch.zeros_like(w) for w in weights], 0, learner)
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,8 @@ class Steps:
     read: Callable
 
 
-def causal_dual(q, k, target, eta, params, head, mini_batch: int, token_index_scale: bool, steps: Steps | None = None):
+def causal_dual(q, k, target, eta, params, head, mini_batch: int, token_index_scale: bool, steps: Steps | None = None,
+                gelu_approximate: str = "none"):
     """Mini-batch TTT in dual form: one sequential step per mini-batch, readouts batched afterwards.
 
     The scan carries only W; each mini-batch's start weights, layer inputs and gradients are kept, and
@@ -109,23 +110,23 @@ def causal_dual(q, k, target, eta, params, head, mini_batch: int, token_index_sc
     steps = steps or EAGER
     if isinstance(params, Pending):
         return _dual_from(q, k, target, eta, params, head, mini_batch, token_index_scale, steps)
-    weights, biased = learners.augment(params)
+    weights, learner = learners.augment(params, gelu_approximate)
     prepared = head.prepare(target)
-    keys = learners.first_input(biased, k)
+    keys = learners.first_input(learner, k)
     n = q.shape[1]
     n_full = n - n % mini_batch
     sizes = [s for s in (n_full, n - n_full) if s]
     outputs = []
     for q_part, k_part, t_part, e_part in zip(*(x.split(sizes, dim=1) for x in (q, keys, prepared, eta))):
         weights, readout = _dual_scan(
-            q_part, k_part, t_part, e_part, weights, biased, head, mini_batch, token_index_scale, steps
+            q_part, k_part, t_part, e_part, weights, learner, head, mini_batch, token_index_scale, steps
         )
         outputs.append(readout())
     output = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
-    return output, learners.unaugment(weights, biased)
+    return output, learners.unaugment(weights, learner)
 
 
-def _dual_scan(q_part, k_part, t_part, e_part, weights, biased, head, mini_batch, token_index_scale, steps):
+def _dual_scan(q_part, k_part, t_part, e_part, weights, learner, head, mini_batch, token_index_scale, steps):
     """Whole mini-batches (or one shorter last one) of [BH, M*b, .] tensors from `weights`: (the final weights, the
     readout of their outputs, to call once the caller has let go of `weights`: the readout never reads them)."""
     b = min(mini_batch, q_part.shape[1])
@@ -146,8 +147,8 @@ def _dual_scan(q_part, k_part, t_part, e_part, weights, biased, head, mini_batch
             )
         weights, stacked = [final], ([starts], [k_chunks], [grads])
     else:
-        weights, stacked = _scan(weights, biased, head, k_chunks, rated_keys, chunked(t_part), last_rates, steps.scan)
-    return weights, lambda: steps.readout(chunked(q_part), *stacked, biased, rates, head)
+        weights, stacked = _scan(weights, learner, head, k_chunks, rated_keys, chunked(t_part), last_rates, steps.scan)
+    return weights, lambda: steps.readout(chunked(q_part), *stacked, learner, rates, head)
 
 
 def _dual_from(q, k, target, eta, pending: Pending, head, mini_batch, token_index_scale, steps):
@@ -162,32 +163,32 @@ def _dual_from(q, k, target, eta, pending: Pending, head, mini_batch, token_inde
         output, pending = causal_primal(q_rest, k_rest, t_rest, e_rest, pending, head, mini_batch, token_index_scale,
                                         steps)
         outputs.append(output)
-    weights, biased = pending.weights, pending.biased
+    weights, learner = pending.weights, pending.learner
     prepared = head.prepare(target)
-    keys = learners.first_input(biased, k)
+    keys = learners.first_input(learner, k)
     n = q.shape[1]
     n_full = n - n % mini_batch
     sizes = [s for s in (n_full, n - n_full) if s]
     parts = list(zip(*(x.split(sizes, dim=1) for x in (q, keys, prepared, eta))))
     if n_full:
-        weights, readout = _dual_scan(*parts.pop(0), weights, biased, head, mini_batch, token_index_scale, steps)
+        weights, readout = _dual_scan(*parts.pop(0), weights, learner, head, mini_batch, token_index_scale, steps)
         outputs.append(readout())
-    pending = Pending.start(weights, biased)
+    pending = Pending.start(weights, learner)
     if parts:
         # A trailing partial mini-batch: every gradient is taken at `weights`, so one batched pass gives them all.
         q_part, k_part, t_part, e_part = parts[0]
-        inputs, grads = _inner_grads(weights, biased, head, k_part, t_part)
+        inputs, grads = _inner_grads(weights, learner, head, k_part, t_part)
         first = lambda x: x[None].contiguous()  # one mini-batch, mini-batch-major, laid out as _dual_scan'
         rates = _mini_batch_rates(e_part, token_index_scale)
         outputs.append(steps.readout(first(q_part), [first(w) for w in weights], [first(x) for x in inputs],
-                                     [first(g) for g in grads], biased, first(rates), head))
+                                     [first(g) for g in grads], learner, first(rates), head))
         accumulated = [x.transpose(-1, -2) @ g for x, g in zip(_rated(inputs, e_part), grads)]
-        pending = Pending(weights, accumulated, q_part.shape[1], biased)
+        pending = Pending(weights, accumulated, q_part.shape[1], learner)
     output = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
     return output, pending
 
 
-def _scan(weights, biased, head, k_chunks, rated_keys, prepared_chunks, last_rates, step):
+def _scan(weights, learner, head, k_chunks, rated_keys, prepared_chunks, last_rates, step):
     """The dual form's sequential part for any learner, differentiated by autograd.
 
     Chunked inputs are [M, BH, b, .]. Returns the final weights and, per layer, every mini-batch's
@@ -196,26 +197,26 @@ def _scan(weights, biased, head, k_chunks, rated_keys, prepared_chunks, last_rat
     """
     saved = []
     for k_m, rated_k_m, t_m, last_m in zip(k_chunks, rated_keys, prepared_chunks, last_rates):
-        inputs, grads, next_weights = step(weights, biased, head, k_m, rated_k_m, t_m, last_m)
+        inputs, grads, next_weights = step(weights, learner, head, k_m, rated_k_m, t_m, last_m)
         saved.append((weights, inputs, grads))
         weights = next_weights
     stack = lambda i: [torch.stack([entry[i][layer] for entry in saved]) for layer in range(len(weights))]
     return weights, (stack(0), stack(1), stack(2))
 
 
-def _scan_step(weights, biased, head, k_m, rated_k_m, t_m, last_m):
+def _scan_step(weights, learner, head, k_m, rated_k_m, t_m, last_m):
     """One mini-batch of the scan: (its layer inputs, its gradients at `weights`, the weights after it)."""
-    inputs, grads = _inner_grads(weights, biased, head, k_m, t_m)
+    inputs, grads = _inner_grads(weights, learner, head, k_m, t_m)
     return inputs, grads, _gd_step(weights, _rated(inputs, last_m, rated_k_m), grads)
 
 
-def _dual_readout(q_chunks: torch.Tensor, starts, inputs, grads, biased, rates: torch.Tensor, head) -> torch.Tensor:
+def _dual_readout(q_chunks: torch.Tensor, starts, inputs, grads, learner, rates: torch.Tensor, head) -> torch.Tensor:
     """q_chunks: [M, BH, b, d]; per layer, the mini-batches' start weights, inputs and gradients
     -> output [BH, M*b, d]."""
     x_bar, z_bar = q_chunks, None  # z_bar: the previous layer's pre-activation, the next layer's input
-    for layer, (w, x, g, has_bias) in enumerate(zip(starts, inputs, grads, biased)):
+    for layer, (w, x, g, has_bias) in enumerate(zip(starts, inputs, grads, learner.biased)):
         if layer:
-            x_bar = F.gelu(z_bar)
+            x_bar = gelu(z_bar, learner.gelu)
         x_bar = with_ones(x_bar) if has_bias else x_bar
         z_bar = x_bar @ w - (rates * (x_bar @ x.transpose(-1, -2))) @ g
     # The head's per-head parameters are [BH, 1, e]: read out on [BH, N, e], not on the chunked view.
@@ -224,7 +225,7 @@ def _dual_readout(q_chunks: torch.Tensor, starts, inputs, grads, biased, rates: 
 
 
 def causal_primal(q, k, target, eta, params, head, mini_batch: int, token_index_scale: bool,
-                  steps: Steps | None = None):
+                  steps: Steps | None = None, gelu_approximate: str = "none"):
     """Mini-batch TTT token by token, as a decoder runs it: the weights W_i are materialised per token.
 
     `params` may instead be a Pending mini-batch (decoding on from a state); the second result is then the Pending
@@ -232,11 +233,11 @@ def causal_primal(q, k, target, eta, params, head, mini_batch: int, token_index_
     """
     steps = steps or EAGER
     if isinstance(params, Pending):
-        start, accumulated, i, biased = params.weights, params.accumulated, params.position, params.biased
+        start, accumulated, i, learner = params.weights, params.accumulated, params.position, params.learner
     else:
-        (start, biased), accumulated, i = learners.augment(params), None, 0
+        (start, learner), accumulated, i = learners.augment(params, gelu_approximate), None, 0
     prepared = head.prepare(target)
-    keys, queries = learners.first_input(biased, k), learners.first_input(biased, q)
+    keys, queries = learners.first_input(learner, k), learners.first_input(learner, q)
     scales = _token_scales(mini_batch, token_index_scale, q)
     outputs = []
     steps_in = zip(q.unbind(1), queries.unbind(1), keys.unbind(1), prepared.unbind(1), eta.unbind(1))
@@ -244,8 +245,8 @@ def causal_primal(q, k, target, eta, params, head, mini_batch: int, token_index_
         if accumulated is None:  # made when the mini-batch's first token needs it, once the last start is freed
             accumulated = [torch.zeros_like(w) for w in start]
         # Two calls, so that the sum they replace is freed before the token is read out (peak memory).
-        accumulated = steps.accumulate(start, accumulated, biased, head, k_t[:, None], p_t[:, None], eta_t[:, None])
-        output, weights = steps.read(start, accumulated, scales[i], biased, head, q_t[:, None], query_t[:, None])
+        accumulated = steps.accumulate(start, accumulated, learner, head, k_t[:, None], p_t[:, None], eta_t[:, None])
+        output, weights = steps.read(start, accumulated, scales[i], learner, head, q_t[:, None], query_t[:, None])
         outputs.append(output)
         i += 1
         if i == mini_batch:  # the mini-batch is complete: the next one starts from its last weights
@@ -253,20 +254,20 @@ def causal_primal(q, k, target, eta, params, head, mini_batch: int, token_index_
     output = torch.cat(outputs, dim=1)
     if isinstance(params, Pending):
         zeros = None if accumulated is not None else [torch.zeros_like(w) for w in start]
-        return output, Pending(start, accumulated or zeros, i, biased)
-    return output, learners.unaugment(weights, biased)
+        return output, Pending(start, accumulated or zeros, i, learner)
+    return output, learners.unaugment(weights, learner)
 
 
-def _primal_accumulate(start, accumulated, biased, head, k_t, p_t, eta_t):
+def _primal_accumulate(start, accumulated, learner, head, k_t, p_t, eta_t):
     """Token i of a mini-batch that started from `start` ([BH, 1, .] inputs): sum_{j<=i} eta_j grad l_j(start)."""
-    inputs, grads = _inner_grads(start, biased, head, k_t, p_t)
+    inputs, grads = _inner_grads(start, learner, head, k_t, p_t)
     return _gd_step(accumulated, _rated(inputs, eta_t), grads, sign=1.0)
 
 
-def _primal_read(start, accumulated, scale, biased, head, q_t, query_t):
+def _primal_read(start, accumulated, scale, learner, head, q_t, query_t):
     """Token i read out with W_i = start - s_i * accumulated (scale = s_i) -> (its output, W_i)."""
     weights = [w0 - scale * acc for w0, acc in zip(start, accumulated)]
-    z = learners.forward_with_cache(weights, biased, query_t)[0]
+    z = learners.forward_with_cache(weights, learner, query_t)[0]
     return head.readout(z, q_t), weights
 
 
@@ -283,19 +284,20 @@ def compiled_steps(**options) -> Steps:
     return Steps(*(compiled(step) for step in (_scan_step, _dual_readout, _primal_accumulate, _primal_read)))
 
 
-def full_batch(q, k, target, eta, params: list[Dense], head, steps: int, order: torch.Tensor | None = None):
+def full_batch(q, k, target, eta, params: list[Dense], head, steps: int, order: torch.Tensor | None = None,
+               gelu_approximate: str = "none"):
     """Non-causal (MTTT) inner loop: `steps` GD steps on the mean loss over the whole sequence, then
     z = f(Q; W_T). With `order` (a permutation of the N tokens), step t uses only the t-th of `steps`
     near-equal splits of the permuted tokens (the first paper's SGD variant)."""
-    weights, biased = learners.augment(params)
+    weights, learner = learners.augment(params, gelu_approximate)
     prepared = head.prepare(target)
-    keys = learners.first_input(biased, k)
+    keys = learners.first_input(learner, k)
     if order is None:
         batches = [(keys, prepared, eta)] * steps
     else:
         batches = zip(*(x.index_select(1, order).tensor_split(steps, dim=1) for x in (keys, prepared, eta)))
     for k_s, p_s, e_s in batches:
-        inputs, grads = _inner_grads(weights, biased, head, k_s, p_s)
+        inputs, grads = _inner_grads(weights, learner, head, k_s, p_s)
         weights = _gd_step(weights, _rated(inputs, e_s / k_s.shape[1]), grads)
-    z = learners.forward_with_cache(weights, biased, learners.first_input(biased, q))[0]
-    return head.readout(z, q), learners.unaugment(weights, biased)
+    z = learners.forward_with_cache(weights, learner, learners.first_input(learner, q))[0]
+    return head.readout(z, q), learners.unaugment(weights, learner)

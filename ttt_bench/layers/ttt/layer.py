@@ -27,7 +27,8 @@ from ttt_bench.layers.base import LayerCost, MixerConfig, SequenceMixer, autogra
 from ttt_bench.layers.registry import register
 from ttt_bench.layers.state import DecodeState
 from ttt_bench.layers.ttt import inner_loop, learners, reference
-from ttt_bench.layers.ttt.reconstruction import InputReconstruction, ViewsReconstruction
+from ttt_bench.layers.ttt.gelu import APPROXIMATIONS
+from ttt_bench.layers.ttt.reconstruction import LN_EPS, InputReconstruction, ViewsReconstruction
 
 W0_INIT_STD = 0.02
 
@@ -75,6 +76,13 @@ class TTTConfig(MixerConfig):
     form: str = knob(
         "dual", "causal: 'dual' (mini-batch matmuls; training, prefill) or 'primal' (token by token; decoding)",
     )
+    gelu_approximate: str = knob(
+        "none", "'mlp': the GELU between the learner's layers, 'none' (exact, erf) or 'tanh' (the official TTT-MLP's)",
+    )
+    post_norm: bool = knob(
+        False, "LayerNorm over the full width (eps 1e-6, learned affine) before the output projection, as the "
+        "official TTT layers apply",
+    )
     compile_scope: str = knob(
         "step", "compile_forms of a causal mini-batch learner: 'step' compiles one step of the loops (a mini-batch "
         "of the scan, the dual readout, a primal token), which Python calls; 'whole' the layer as written",
@@ -87,11 +95,12 @@ class TTTConfig(MixerConfig):
         check_choice(name, "reconstruction", self.reconstruction, ["views", "input"])
         check_choice(name, "form", self.form, ["dual", "primal"])
         check_choice(name, "compile_scope", self.compile_scope, ["step", "whole"])
+        check_choice(name, "gelu_approximate", self.gelu_approximate, list(APPROXIMATIONS))
         check_integer(name, "mini_batch", self.mini_batch, 1)
         check_integer(name, "inner_steps", self.inner_steps, 1)
         check_positive(name, "eta_base", self.eta_base)
         for field in ("causal", "inner_sgd", "learn_eta", "eta_over_head_dim", "token_index_scale",
-                      "learn_w0", "inner_bias", "ln_residual"):
+                      "learn_w0", "inner_bias", "ln_residual", "post_norm"):
             check_choice(name, field, getattr(self, field), [True, False])
         if self.causal and (self.inner_steps != 1 or self.inner_sgd):
             raise ConfigError(
@@ -102,6 +111,11 @@ class TTTConfig(MixerConfig):
             raise ConfigError(
                 f"{name}: form={self.form!r} needs causal=True; the non-causal loop holds W_T explicitly, "
                 "so its only form is 'primal'"
+            )
+        if self.gelu_approximate != "none" and self.learner != "mlp":
+            raise ConfigError(
+                f"{name}: gelu_approximate={self.gelu_approximate!r} needs learner='mlp'; the {self.learner!r} "
+                "learner has no GELU (leave it 'none')"
             )
         if self.learner == "kernel" and (self.reconstruction != "views" or self.ln_residual):
             raise ConfigError(
@@ -149,6 +163,7 @@ class TTTLayer(SequenceMixer):
             if config.ln_residual:
                 self.decoder_ln_weight = nn.Parameter(torch.ones(heads, 1, d_model))
                 self.decoder_ln_bias = nn.Parameter(torch.zeros(heads, 1, d_model))
+        self.post_norm = nn.LayerNorm(d_model, eps=LN_EPS) if config.post_norm else None
 
     def _init_inner_weights(self, config: TTTConfig) -> None:
         self.n_inner_layers = len(learners.layer_widths(config.learner, config.head_dim))
@@ -196,6 +211,11 @@ class TTTLayer(SequenceMixer):
             target = flat(v) - k if cfg.ln_residual else flat(v)
         return q, k, target, flat(self.inner_rates(x))
 
+    def merge_heads_and_project(self, o: torch.Tensor) -> torch.Tensor:
+        """o: [B, H, N, d] -> [B, N, D], through the full-width LayerNorm first with post_norm."""
+        merged = self.merge_heads(o)
+        return self.to_out(merged if self.post_norm is None else self.post_norm(merged))
+
     def merge(self, o: torch.Tensor) -> torch.Tensor:
         """The inner loop's output o: [BH, N, d] -> [B, N, D] through the output projection."""
         return self.merge_heads_and_project(o.unflatten(0, (-1, self.config.n_heads)))
@@ -210,11 +230,13 @@ class TTTLayer(SequenceMixer):
             if cfg.inner_sgd:
                 order = torch.randperm(q.shape[1], device=q.device)
             run = reference.full_batch_reference if use_reference else inner_loop.full_batch
-            return run(q, k, target, eta, params, head, cfg.inner_steps, order)
+            return run(q, k, target, eta, params, head, cfg.inner_steps, order, gelu_approximate=cfg.gelu_approximate)
         if use_reference:
-            return reference.causal_reference(q, k, target, eta, params, head, cfg.mini_batch, cfg.token_index_scale)
+            return reference.causal_reference(q, k, target, eta, params, head, cfg.mini_batch, cfg.token_index_scale,
+                                              gelu_approximate=cfg.gelu_approximate)
         run = inner_loop.causal_dual if cfg.form == "dual" else inner_loop.causal_primal
-        return run(q, k, target, eta, params, head, cfg.mini_batch, cfg.token_index_scale, steps)
+        return run(q, k, target, eta, params, head, cfg.mini_batch, cfg.token_index_scale, steps,
+                   gelu_approximate=cfg.gelu_approximate)
 
     def decode(self, x: torch.Tensor, state: TTTState | attention.KVCache | None):
         return self._decode(x, state, inner_loop.EAGER)
@@ -232,11 +254,12 @@ class TTTLayer(SequenceMixer):
             return self.merge_heads_and_project(o), cache
         batch, heads = x.shape[0], cfg.n_heads
         if state is None:
-            pending = inner_loop.Pending.start(*learners.augment(self.initial_weights(batch)))
+            pending = inner_loop.Pending.start(*learners.augment(self.initial_weights(batch), cfg.gelu_approximate))
         else:
             flat = lambda tensors: [t.flatten(0, 1) for t in tensors]
+            learner = learners.Learner((cfg.inner_bias,) * self.n_inner_layers, cfg.gelu_approximate)
             pending = inner_loop.Pending(flat(state.weights), flat(state.pending), state.tokens % cfg.mini_batch,
-                                         [cfg.inner_bias] * self.n_inner_layers)
+                                         learner)
         prefill = cfg.form == "dual" and x.shape[1] > 1
         run = inner_loop.causal_dual if prefill else inner_loop.causal_primal
         o, pending = run(*self.views(x), pending, self.head(batch), cfg.mini_batch, cfg.token_index_scale, steps)

@@ -23,11 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from ttt_bench.layers.ttt.reconstruction import LN_EPS, layer_norm_l2_grad
-
-
-def _inner_grad(z, prepared, weight_sq):
-    return z - prepared if weight_sq is None else layer_norm_l2_grad(z, weight_sq, prepared)
+from ttt_bench.layers.ttt.reconstruction import LN_EPS
 
 
 class LinearLearnerScan(torch.autograd.Function):
@@ -40,10 +36,23 @@ class LinearLearnerScan(torch.autograd.Function):
         states = torch.empty((n_chunks + 1, *w0.shape), dtype=w0.dtype, device=w0.device)
         grads = torch.empty(prepared.shape, dtype=prepared.dtype, device=prepared.device)
         states[0].copy_(w0)
-        rated_t = rated.transpose(-1, -2)
-        for m in range(n_chunks):
-            grads[m] = _inner_grad(torch.bmm(keys[m], states[m]), prepared[m], weight_sq)
-            torch.baddbmm(states[m], rated_t[m], grads[m], alpha=-1.0, out=states[m + 1])
+        # The loop's operands as views made once: indexing inside the loop costs as much as a small op.
+        steps = zip(keys.unbind(0), rated.transpose(-1, -2).unbind(0), prepared.unbind(0), grads.unbind(0),
+                    states[:-1].unbind(0), states[1:].unbind(0))
+        bmm, baddbmm = torch.bmm, torch.baddbmm
+        if weight_sq is None:
+            for k_m, rated_t_m, p_m, g_m, w_m, w_next in steps:
+                torch.sub(bmm(k_m, w_m), p_m, out=g_m)
+                baddbmm(w_m, rated_t_m, g_m, alpha=-1.0, out=w_next)
+        else:
+            shape = prepared.shape[-1:]
+            layer_norm, layer_norm_backward = torch.native_layer_norm, _layer_norm_backward
+            for k_m, rated_t_m, p_m, g_m, w_m, w_next in steps:
+                z = bmm(k_m, w_m)
+                normed, mean, inv_std = layer_norm(z, shape, None, None, LN_EPS)
+                g = layer_norm_backward(torch.addcmul(p_m, normed, weight_sq), z, shape, mean, inv_std)
+                baddbmm(w_m, rated_t_m, g, alpha=-1.0, out=w_next)
+                g_m.copy_(g)
         starts, final = states[:n_chunks], states[n_chunks].clone()
         ctx.save_for_backward(keys, rated, prepared, weight_sq, starts, grads)
         return starts, grads, final
@@ -53,42 +62,56 @@ class LinearLearnerScan(torch.autograd.Function):
         keys, rated, prepared, weight_sq, starts, grads = ctx.saved_tensors
         # carry = dL/dW_{m+1}, accumulated in place from the last mini-batch back to the first.
         carry = torch.zeros_like(starts[0]) if d_final is None else d_final.clone()
-        width = grads.shape[-1]
         new = lambda like: torch.empty(like.shape, dtype=like.dtype, device=like.device)
-        d_z, d_rated = new(grads), new(rated)  # d_rated holds -dL/dR_m until the end
-        if weight_sq is not None:
-            z = keys @ starts  # [M, BH, b, d], recomputed rather than kept from forward
-            shape = z.shape[-1:]
-            normed, mean, inv_std = torch.native_layer_norm(z, shape, None, None, LN_EPS)
-            lnb = lambda x, m: torch.ops.aten.native_layer_norm_backward(
-                x, z[m], shape, mean[m], inv_std[m], None, None, [True, False, False]
-            )[0]
-            a = torch.addcmul(prepared, normed, weight_sq)  # weight_sq [BH, 1, d] against [M, BH, b, d]
-            r_mean_an = inv_std * (a * normed).mean(-1, keepdim=True)
-            a_scaled = a * (inv_std / width)
-            normed_scaled = normed * (inv_std / width)
-            d_prepared = new(prepared)
-
-        keys_t = keys.transpose(-1, -2)
-        for m in range(keys.shape[0] - 1, -1, -1):
-            torch.bmm(grads[m], carry.transpose(-1, -2), out=d_rated[m])
-            d_g = -(rated[m] @ carry) if d_grads is None else torch.baddbmm(d_grads[m], rated[m], carry, alpha=-1.0)
-            if weight_sq is None:
-                d_z[m] = d_g
-            else:
-                d_a_m = lnb(d_g, m)
-                d_normed = torch.addcmul(d_a_m * weight_sq, r_mean_an[m], d_g, value=-1.0)
-                d_normed = torch.addcmul(d_normed, a_scaled[m], (d_g * normed[m]).sum(-1, keepdim=True), value=-1.0)
-                dot_grads = (d_g * grads[m]).sum(-1, keepdim=True)
-                torch.addcmul(lnb(d_normed, m), normed_scaled[m], dot_grads, value=-1.0, out=d_z[m])
-                d_prepared[m] = d_a_m
-            if d_starts is not None:
-                carry += d_starts[m]
-            carry.baddbmm_(keys_t[m], d_z[m])
-
-        d_keys = d_z @ starts.transpose(-1, -2)
+        d_z, d_rated, d_g = new(grads), new(rated), new(grads)  # d_rated holds -dL/dR_m until the end
+        n_chunks = keys.shape[0]
+        zero = lambda like: torch.zeros(like.shape[1:], dtype=like.dtype, device=like.device)
+        d_starts_m = d_starts.unbind(0) if d_starts is not None else [zero(starts)] * n_chunks
+        d_grads_m = d_grads.unbind(0) if d_grads is not None else [zero(grads)] * n_chunks
+        steps = [keys.transpose(-1, -2).unbind(0), rated.unbind(0), grads.unbind(0), d_rated.unbind(0), d_g.unbind(0),
+                 d_z.unbind(0), d_starts_m, d_grads_m]
+        bmm, baddbmm = torch.bmm, torch.baddbmm
         if weight_sq is None:
+            for keys_t_m, rated_m, g_m, d_rated_m, d_g_m, d_z_m, d_start_m, d_grad_m in zip(*(reversed(x) for x in steps)):
+                bmm(g_m, carry.transpose(-1, -2), out=d_rated_m)
+                baddbmm(d_grad_m, rated_m, carry, alpha=-1.0, out=d_z_m)
+                carry.add_(d_start_m).baddbmm_(keys_t_m, d_z_m)
             d_prepared, d_weight_sq = -d_z, None
         else:
+            # The LayerNorm-L2 gradient's vector-Jacobian product (module docstring) with LNB linear per row, so
+            # LNB(dN) = LNB(dA s) - c1 LNB(dG) - c2 LNB(A) = LNB(dA s) - c1 dA - c2 G: every term but the two
+            # LNBs and the two row dots is made here, for all mini-batches at once.
+            z = keys @ starts  # [M, BH, b, d], recomputed rather than kept from forward
+            shape = z.shape[-1:]
+            width = shape[0]
+            normed, mean, inv_std = torch.native_layer_norm(z, shape, None, None, LN_EPS)
+            a = torch.addcmul(prepared, normed, weight_sq)  # weight_sq [BH, 1, d] against [M, BH, b, d]
+            c1 = inv_std * (a * normed).mean(-1, keepdim=True)
+            normed_scaled, grads_scaled = normed * (inv_std / width), grads * (inv_std / width)
+            per_step = [z.unbind(0), mean.unbind(0), inv_std.unbind(0), c1.unbind(0), normed.unbind(0),
+                        normed_scaled.unbind(0), grads_scaled.unbind(0)]
+            addcmul, layer_norm_backward = torch.addcmul, _layer_norm_backward
+            for (keys_t_m, rated_m, g_m, d_rated_m, d_g_m, d_z_m, d_start_m, d_grad_m,
+                 z_m, mean_m, inv_std_m, c1_m, n_m, n_scaled_m, g_scaled_m) in zip(*(reversed(x) for x in steps + per_step)):
+                bmm(g_m, carry.transpose(-1, -2), out=d_rated_m)
+                baddbmm(d_grad_m, rated_m, carry, alpha=-1.0, out=d_g_m)
+                d_a = layer_norm_backward(d_g_m, z_m, shape, mean_m, inv_std_m)
+                t = layer_norm_backward(d_a * weight_sq, z_m, shape, mean_m, inv_std_m)
+                c2, c3 = (d_g_m * n_scaled_m).sum(-1, keepdim=True), (d_g_m * g_scaled_m).sum(-1, keepdim=True)
+                addcmul(addcmul(addcmul(t, c1_m, d_a, value=-1.0), c2, g_m, value=-1.0), c3, n_m, value=-1.0,
+                        out=d_z_m)
+                carry.add_(d_start_m).baddbmm_(keys_t_m, d_z_m)
+            d_prepared = _layer_norm_backward(d_g, z, shape, mean, inv_std)  # dA, for all mini-batches at once
             d_weight_sq = (d_prepared * normed).sum((0, 2))[:, None]
+
+        d_keys = d_z @ starts.transpose(-1, -2)
         return carry, d_keys, d_rated.neg_(), d_prepared, d_weight_sq
+
+
+_NATIVE_LAYER_NORM_BACKWARD = torch.ops.aten.native_layer_norm_backward.default
+_INPUT_GRAD_ONLY = [True, False, False]
+
+
+def _layer_norm_backward(grad, z, shape, mean, inv_std):
+    """LNB(grad) = r (grad - mean(grad) - N mean(grad N)), N = LN(z), r = 1 / std(z): LayerNorm's input gradient."""
+    return _NATIVE_LAYER_NORM_BACKWARD(grad, z, shape, mean, inv_std, None, None, _INPUT_GRAD_ONLY)[0]

@@ -26,7 +26,8 @@ def _step(params, loss):
     return [tuple(None if p is None else p - next(grads) for p in layer) for layer in params]
 
 
-def causal_reference(q, k, target, eta, params, head, mini_batch: int, token_index_scale: bool):
+def causal_reference(q, k, target, eta, params, head, mini_batch: int, token_index_scale: bool,
+                     gelu_approximate: str = "none"):
     """For token i (1-based) of a mini-batch that starts from W:
         W_i = W - s_i grad_W sum_{j<=i} eta_j l_j(W),     s_i = 1/i or 1,
         output_i = readout(f_res(q_i; W_i)),
@@ -38,16 +39,17 @@ def causal_reference(q, k, target, eta, params, head, mini_batch: int, token_ind
         initial = params
         for i in range(start, min(start + mini_batch, n)):
             scale = 1.0 / (i - start + 1) if token_index_scale else 1.0
-            losses = head.loss(learners.apply(initial, k[:, start : i + 1]), target[:, start : i + 1])
+            losses = head.loss(learners.apply(initial, k[:, start : i + 1], gelu_approximate), target[:, start : i + 1])
             step = _step(initial, scale * (eta[:, start : i + 1] * losses).sum())
             params = step
             q_i = q[:, i : i + 1]
-            outputs.append(head.readout(learners.apply(params, q_i), q_i))
+            outputs.append(head.readout(learners.apply(params, q_i, gelu_approximate), q_i))
         params = _differentiable(params)
     return torch.cat(outputs, dim=1), params
 
 
-def full_batch_reference(q, k, target, eta, params, head, steps: int, order: torch.Tensor | None = None):
+def full_batch_reference(q, k, target, eta, params, head, steps: int, order: torch.Tensor | None = None,
+                         gelu_approximate: str = "none"):
     """W_{t+1} = W_t - grad (1/n_t) sum_{i in batch t} eta_i l_i(W_t); output readout(f_res(q; W_T))."""
     params = _differentiable(params)
     n = k.shape[1]
@@ -56,9 +58,9 @@ def full_batch_reference(q, k, target, eta, params, head, steps: int, order: tor
             idx = torch.arange(n)
         else:
             idx = order.tensor_split(steps)[step]
-        losses = head.loss(learners.apply(params, k[:, idx]), target[:, idx])
+        losses = head.loss(learners.apply(params, k[:, idx], gelu_approximate), target[:, idx])
         params = _step(params, (eta[:, idx] * losses).sum() / len(idx))
-    return head.readout(learners.apply(params, q), q), params
+    return head.readout(learners.apply(params, q, gelu_approximate), q), params
 
 
 def kernel_estimator_reference(q, k, values, causal: bool) -> torch.Tensor:
