@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from ttt_bench.layers.ttt.reconstruction import LN_EPS
+from ttt_bench.layers.ttt.reconstruction import LN_EPS, layer_norm_l2_grad
 
 
 class LinearLearnerScan(torch.autograd.Function):
@@ -36,23 +36,25 @@ class LinearLearnerScan(torch.autograd.Function):
         states = torch.empty((n_chunks + 1, *w0.shape), dtype=w0.dtype, device=w0.device)
         grads = torch.empty(prepared.shape, dtype=prepared.dtype, device=prepared.device)
         states[0].copy_(w0)
-        # The loop's operands as views made once: indexing inside the loop costs as much as a small op.
-        steps = zip(keys.unbind(0), rated.transpose(-1, -2).unbind(0), prepared.unbind(0), grads.unbind(0),
-                    states[:-1].unbind(0), states[1:].unbind(0))
+        rated_t = rated.transpose(-1, -2)
+        if torch.jit.is_tracing():
+            # A tracer (fvcore) records a view's data when it is made: each step selects its operands as it runs.
+            steps = ((keys[m], rated_t[m], prepared[m], grads[m], states[m], states[m + 1]) for m in range(n_chunks))
+        else:
+            # The loop's operands as views made once: indexing inside the loop costs as much as a small op.
+            steps = zip(keys.unbind(0), rated_t.unbind(0), prepared.unbind(0), grads.unbind(0),
+                        states[:-1].unbind(0), states[1:].unbind(0))
         bmm, baddbmm = torch.bmm, torch.baddbmm
         if weight_sq is None:
             for k_m, rated_t_m, p_m, g_m, w_m, w_next in steps:
                 torch.sub(bmm(k_m, w_m), p_m, out=g_m)
                 baddbmm(w_m, rated_t_m, g_m, alpha=-1.0, out=w_next)
         else:
-            shape = prepared.shape[-1:]
-            layer_norm, layer_norm_backward = torch.native_layer_norm, _layer_norm_backward
+            # A tracer (fvcore) cannot record LayerNorm's backward op: it gets the same gradient in closed form.
+            grad_of = layer_norm_l2_grad if torch.jit.is_tracing() else _layer_norm_l2_grad
             for k_m, rated_t_m, p_m, g_m, w_m, w_next in steps:
-                z = bmm(k_m, w_m)
-                normed, mean, inv_std = layer_norm(z, shape, None, None, LN_EPS)
-                g = layer_norm_backward(torch.addcmul(p_m, normed, weight_sq), z, shape, mean, inv_std)
-                baddbmm(w_m, rated_t_m, g, alpha=-1.0, out=w_next)
-                g_m.copy_(g)
+                g_m.copy_(grad_of(bmm(k_m, w_m), weight_sq, p_m))
+                baddbmm(w_m, rated_t_m, g_m, alpha=-1.0, out=w_next)
         starts, final = states[:n_chunks], states[n_chunks].clone()
         ctx.save_for_backward(keys, rated, prepared, weight_sq, starts, grads)
         return starts, grads, final
@@ -106,6 +108,13 @@ class LinearLearnerScan(torch.autograd.Function):
 
         d_keys = d_z @ starts.transpose(-1, -2)
         return carry, d_keys, d_rated.neg_(), d_prepared, d_weight_sq
+
+
+def _layer_norm_l2_grad(z, weight_sq, prepared):
+    """reconstruction.layer_norm_l2_grad in its three ops, for operands of one dtype outside autograd."""
+    shape = z.shape[-1:]
+    normed, mean, inv_std = torch.native_layer_norm(z, shape, None, None, LN_EPS)
+    return _layer_norm_backward(torch.addcmul(prepared, normed, weight_sq), z, shape, mean, inv_std)
 
 
 _NATIVE_LAYER_NORM_BACKWARD = torch.ops.aten.native_layer_norm_backward.default
