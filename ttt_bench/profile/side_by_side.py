@@ -124,7 +124,8 @@ def _positive(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ttt_bench.profile.side_by_side", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m ttt_bench.profile.side_by_side",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("layers", nargs="+", help="registered names, optionally name:knob=value,...; ratios are to "
                         "the first")
     parser.add_argument("--seq-len", type=_positive, nargs="+", default=[4096])

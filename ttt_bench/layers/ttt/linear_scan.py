@@ -62,50 +62,48 @@ class LinearLearnerScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_starts, d_grads, d_final):
         keys, rated, prepared, weight_sq, starts, grads = ctx.saved_tensors
+        n_chunks = keys.shape[0]
         # carry = dL/dW_{m+1}, accumulated in place from the last mini-batch back to the first.
         carry = torch.zeros_like(starts[0]) if d_final is None else d_final.clone()
         new = lambda like: torch.empty(like.shape, dtype=like.dtype, device=like.device)
+        zeros = lambda like: [torch.zeros(like.shape[1:], dtype=like.dtype, device=like.device)] * n_chunks
         d_z, d_rated, d_g = new(grads), new(rated), new(grads)  # d_rated holds -dL/dR_m until the end
-        n_chunks = keys.shape[0]
-        zero = lambda like: torch.zeros(like.shape[1:], dtype=like.dtype, device=like.device)
-        d_starts_m = d_starts.unbind(0) if d_starts is not None else [zero(starts)] * n_chunks
-        d_grads_m = d_grads.unbind(0) if d_grads is not None else [zero(grads)] * n_chunks
-        steps = [keys.transpose(-1, -2).unbind(0), rated.unbind(0), grads.unbind(0), d_rated.unbind(0), d_g.unbind(0),
-                 d_z.unbind(0), d_starts_m, d_grads_m]
-        bmm, baddbmm = torch.bmm, torch.baddbmm
-        if weight_sq is None:
-            for keys_t_m, rated_m, g_m, d_rated_m, d_g_m, d_z_m, d_start_m, d_grad_m in zip(*(reversed(x) for x in steps)):
-                bmm(g_m, carry.transpose(-1, -2), out=d_rated_m)
-                baddbmm(d_grad_m, rated_m, carry, alpha=-1.0, out=d_z_m)
-                carry.add_(d_start_m).baddbmm_(keys_t_m, d_z_m)
-            d_prepared, d_weight_sq = -d_z, None
-        else:
-            # The LayerNorm-L2 gradient's vector-Jacobian product (module docstring) with LNB linear per row, so
-            # LNB(dN) = LNB(dA s) - c1 LNB(dG) - c2 LNB(A) = LNB(dA s) - c1 dA - c2 G: every term but the two
-            # LNBs and the two row dots is made here, for all mini-batches at once.
+        per_step = [keys.transpose(-1, -2).unbind(0), rated.unbind(0), grads.unbind(0), d_rated.unbind(0),
+                    d_g.unbind(0), d_z.unbind(0), zeros(starts) if d_starts is None else d_starts.unbind(0),
+                    zeros(grads) if d_grads is None else d_grads.unbind(0)]
+        if weight_sq is not None:
+            # The LayerNorm-L2 gradient's vector-Jacobian product (module docstring) with LNB linear per row:
+            # LNB(dN) = LNB(dA s) - c1 LNB(dG) - c2 LNB(A) = LNB(dA s) - c1 dA - c2 G. Every factor that does not
+            # depend on the carry is made here, for all mini-batches at once.
             z = keys @ starts  # [M, BH, b, d], recomputed rather than kept from forward
             shape = z.shape[-1:]
-            width = shape[0]
             normed, mean, inv_std = torch.native_layer_norm(z, shape, None, None, LN_EPS)
             a = torch.addcmul(prepared, normed, weight_sq)  # weight_sq [BH, 1, d] against [M, BH, b, d]
             c1 = inv_std * (a * normed).mean(-1, keepdim=True)
-            normed_scaled, grads_scaled = normed * (inv_std / width), grads * (inv_std / width)
-            per_step = [z.unbind(0), mean.unbind(0), inv_std.unbind(0), c1.unbind(0), normed.unbind(0),
-                        normed_scaled.unbind(0), grads_scaled.unbind(0)]
-            addcmul, layer_norm_backward = torch.addcmul, _layer_norm_backward
-            for (keys_t_m, rated_m, g_m, d_rated_m, d_g_m, d_z_m, d_start_m, d_grad_m,
-                 z_m, mean_m, inv_std_m, c1_m, n_m, n_scaled_m, g_scaled_m) in zip(*(reversed(x) for x in steps + per_step)):
-                bmm(g_m, carry.transpose(-1, -2), out=d_rated_m)
-                baddbmm(d_grad_m, rated_m, carry, alpha=-1.0, out=d_g_m)
+            scale = inv_std / shape[0]
+            per_step += [x.unbind(0) for x in (z, mean, inv_std, c1, normed, normed * scale, grads * scale)]
+        bmm, baddbmm, addcmul, layer_norm_backward = torch.bmm, torch.baddbmm, torch.addcmul, _layer_norm_backward
+        for keys_t_m, rated_m, g_m, d_rated_m, d_g_m, d_z_m, d_start_m, d_grad_m, *normalised in zip(
+            *(reversed(x) for x in per_step)
+        ):
+            bmm(g_m, carry.transpose(-1, -2), out=d_rated_m)
+            baddbmm(d_grad_m, rated_m, carry, alpha=-1.0, out=d_g_m)
+            if weight_sq is None:  # G = Z - P
+                d_z_m.copy_(d_g_m)
+            else:
+                z_m, mean_m, inv_std_m, c1_m, n_m, n_scaled_m, g_scaled_m = normalised
                 d_a = layer_norm_backward(d_g_m, z_m, shape, mean_m, inv_std_m)
                 t = layer_norm_backward(d_a * weight_sq, z_m, shape, mean_m, inv_std_m)
                 c2, c3 = (d_g_m * n_scaled_m).sum(-1, keepdim=True), (d_g_m * g_scaled_m).sum(-1, keepdim=True)
                 addcmul(addcmul(addcmul(t, c1_m, d_a, value=-1.0), c2, g_m, value=-1.0), c3, n_m, value=-1.0,
                         out=d_z_m)
-                carry.add_(d_start_m).baddbmm_(keys_t_m, d_z_m)
+            carry.add_(d_start_m).baddbmm_(keys_t_m, d_z_m)
+
+        if weight_sq is None:
+            d_prepared, d_weight_sq = d_g.neg_(), None
+        else:
             d_prepared = _layer_norm_backward(d_g, z, shape, mean, inv_std)  # dA, for all mini-batches at once
             d_weight_sq = (d_prepared * normed).sum((0, 2))[:, None]
-
         d_keys = d_z @ starts.transpose(-1, -2)
         return carry, d_keys, d_rated.neg_(), d_prepared, d_weight_sq
 
