@@ -160,3 +160,82 @@ def write_two_settings_results(root: Path) -> Path:
                 _timed_row(variant, seq_len, "forward_backward", BUSY, backward, 1.05)])
     store.write_run_files(ENV, 'name = "fixture-two-settings"\n')
     return root
+
+
+# Operator profiles (metric op_time): per layer, the profiled call's split into matrix products, other operators and
+# the rest, as fractions, and the operators per call; the profiled call runs 1.5x the timed one.
+SPLITS = {"attention-sdpa-causal": (0.8, 0.15, 60), "linear-attention-causal": (0.5, 0.3, 400),
+          "ttt-linear": (0.2, 0.6, 5000)}
+PROFILER_INFLATION = 1.5
+OP_TIME_SEQ_LENS = (256, 1024)
+OP_TIME_FAILED = ("ttt-linear", 1024)  # timed out at the N the split is shown at
+OP_TIME_UNPROFILED = ("linear-attention-causal", 256)  # measured without op_time
+CEILING_TFLOPS = 0.35
+
+
+def write_op_time_results(root: Path) -> Path:
+    """The fixture's layers with operator profiles at N = 256 and 1024, two series profiled at each: ttt-linear timed
+    out at 1024 and linear attention was not profiled at 256, so the split is shown at 1024 (the larger N) with
+    ttt-linear named by its status."""
+    store = ResultStore(root)
+    for variant in SPLITS:
+        for seq_len in OP_TIME_SEQ_LENS:
+            failed = (variant, seq_len) == OP_TIME_FAILED
+            rows = [_profile_row(variant, seq_len, m, "timeout" if failed else "ok")
+                    for m in ("forward", "forward_backward")]
+            for row in rows:
+                row["suite"] = "fixture-op-time"
+                if failed or (variant, seq_len) == OP_TIME_UNPROFILED:
+                    continue
+                matmul, other, ops = SPLITS[variant]
+                profiled = PROFILER_INFLATION * row["time_ms"]
+                row |= {"profiled_time_ms": profiled, "matmul_time_ms": matmul * profiled,
+                        "other_time_ms": other * profiled, "matmul_time_share": matmul, "ops_per_call": ops,
+                        "matmul_tflops_per_s": CEILING_TFLOPS}
+            store.write_cell(f"{variant}-{seq_len}", rows)
+    store.write_run_files(ENV, 'name = "fixture-op-time"\n')
+    return root
+
+
+# A mini-batch sweep (suites/mini-batch.toml's shape): time_ms = a (N / b + c b) and peak bytes = N (m + b k) per layer,
+# b = 1 ... 64 at N = 512; ttt-mlp at b = 1 timed out; ttt-linear measured again at threads = 1 (its own series).
+MINI_BATCHES = (1, 4, 16, 64)
+MINI_BATCH_SEQ_LEN = 512
+MINI_BATCH_LAWS = {"ttt-linear": (0.01, 1.0, 400.0, 20.0), "ttt-mlp": (0.05, 2.0, 1600.0, 80.0)}
+MINI_BATCH_FAILED = ("ttt-mlp", 1)
+
+
+def mini_batch_time_ms(layer: str, b: int) -> float:
+    a, c, _, _ = MINI_BATCH_LAWS[layer]
+    return a * (MINI_BATCH_SEQ_LEN / b + c * b)
+
+
+def mini_batch_peak_bytes(layer: str, b: int) -> float:
+    _, _, m, k = MINI_BATCH_LAWS[layer]
+    return MINI_BATCH_SEQ_LEN * (m + b * k)
+
+
+def write_mini_batch_results(root: Path) -> Path:
+    store = ResultStore(root)
+    for layer in MINI_BATCH_LAWS:
+        for b in MINI_BATCHES:
+            for run in (BUSY, QUIET) if layer == "ttt-linear" else (BUSY,):
+                status = "timeout" if (layer, b) == MINI_BATCH_FAILED else "ok"
+                threads = run["threads"]
+                rows = []
+                for measurement, factor in (("forward", 1.0), ("forward_backward", 3.0)):
+                    row = {**ENV, **SETTING, **run, "suite": "fixture-mini-batch", "variant": f"{layer}-mini_batch={b}",
+                           "layer": layer, "knobs": json.dumps({"form": "dual", "mini_batch": b}, sort_keys=True),
+                           "config_hash": f"{layer}-{b}-t{threads}", "seq_len": MINI_BATCH_SEQ_LEN, "seed": 0,
+                           "measurement": measurement, "status": status, "message": MESSAGES.get(status, ""),
+                           "measure_settings": measure_settings_json(threads), "run_id": f"run-threads-{threads}",
+                           "started_at": "2026-11-25T00:00:00+00:00", "finished_at": "2026-11-25T00:01:00+00:00"}
+                    if status == "ok":
+                        time = factor * mini_batch_time_ms(layer, b) * (1.0 if threads == 1 else 1.25)
+                        row |= {"time_ms": time, "time_p20_ms": 0.98 * time, "time_p80_ms": 1.02 * time,
+                                "time_spread": 1.04, "noisy": False, "time_repeats": 5,
+                                "peak_bytes": factor * mini_batch_peak_bytes(layer, b), "flops": 1e6 * b}
+                    rows.append(row)
+                store.write_cell(f"{layer}-{b}-t{threads}", rows)
+    store.write_run_files(ENV, 'name = "fixture-mini-batch"\n')
+    return root

@@ -37,6 +37,18 @@ def test_rows_outside_the_vocabulary_are_refused_and_nothing_is_written(tmp_path
     assert not list((tmp_path / "cells").glob("*"))
 
 
+def test_a_current_file_written_before_a_column_was_declared_loads_with_it_empty(tmp_path):
+    store = ResultStore(tmp_path)
+    store.write_cell("abc", [ROW])
+    path = tmp_path / "cells" / "abc.parquet"
+    table = pq.read_table(path)
+    older = table.drop_columns(["ops_per_call", "matmul_time_share"])  # as a file from before op_time
+    pq.write_table(older.replace_schema_metadata(table.schema.metadata), path)
+    frame = load_results(tmp_path)
+    assert list(frame.columns) == list(results.SCHEMA.names)
+    assert frame.ops_per_call.isna().all() and frame.time_ms.tolist() == [1.5]
+
+
 def test_a_folder_written_before_the_fixed_schema_still_loads(tmp_path):
     """As the store wrote cells before schema version 1: pandas' own types per file, a column that is null in
     every row of a file typed null, timestamps as ISO text, and a column this version no longer has."""

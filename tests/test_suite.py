@@ -149,6 +149,35 @@ def test_shipped_suites_are_valid_and_quick_covers_every_family():
 
 
 
+def test_the_mini_batch_suite_sweeps_b_for_both_ttt_layers_at_one_length():
+    suite = load_suite(SUITES / "mini-batch.toml")
+    cells = suite.cells()
+    assert suite.metrics == ("flops", "memory", "time")
+    assert {c.cell.layer for c in cells} == {"ttt-linear", "ttt-mlp"}
+    for layer in ("ttt-linear", "ttt-mlp"):
+        knobs = [c.cell.overrides for c in cells if c.cell.layer == layer]
+        assert sorted(k["mini_batch"] for k in knobs) == [1, 2, 4, 8, 16, 32, 64, 128, 256]
+        assert {k["form"] for k in knobs} == {"dual"}
+    assert {(c.cell.seq_len, c.cell.batch, c.cell.d_model, c.cell.n_heads, c.cell.dtype) for c in cells} == {
+        (4096, 1, 256, 4, "float32")}
+    assert all(c.skip_reason is None for c in cells) and len({c.config_hash for c in cells}) == len(cells) == 18
+    # b = 1 is a loop of N steps: no tracer may run it (fvcore traces every step)
+    assert suite.settings.count_flops_max_seq_len < 4096
+
+
+def test_op_time_is_asked_for_by_name_and_the_layer_bench_asks_for_it(tmp_path):
+    assert "op_time" in load_suite(SUITES / "cpu-layer-bench.toml").metrics
+    assert "op_time" not in load_suite(SUITES / "quick.toml").metrics  # the main job stays as fast as it was
+    default = load_suite(write_suite(tmp_path, 'layers = ["linear-attention"]\n[grid]\nseq_len = [8]'))
+    assert default.metrics == ("flops", "memory", "time")
+    profiled = load_suite(write_suite(tmp_path, 'metrics = ["time", "op_time"]\nlayers = ["linear-attention"]\n'
+                                                '[grid]\nseq_len = [8]'))
+    assert profiled.metrics == ("time", "op_time")
+    with pytest.raises(SuiteError, match="op_times.*op_time"):
+        load_suite(write_suite(tmp_path, 'metrics = ["op_times"]\nlayers = ["linear-attention"]\n'
+                                         '[grid]\nseq_len = [8]'))
+
+
 def test_the_main_job_keeps_its_slow_cells_small():
     """The README's main job must finish on a slow or busy machine: the token-by-token reference and the N x N
     attention run only where they take seconds, and the FLOP counters (fvcore traces every step of a loop) only

@@ -202,6 +202,22 @@ COLUMNS: tuple[Column, ...] = (
                                                                  "better": "higher"}),
         ("compile_speedup_spread", FLOAT, "ratio", "backend 'compile': p80 / p20 of the per-round speed-ups; above "
          "NOISY_SPREAD the speed-up is noise"),
+        ("profiled_time_ms", FLOAT, "ms", "metric op_time: wall-clock of one call under torch.profiler, whose own "
+         "cost per operator is included (decode rows: per generated token); the denominator of matmul_time_share",
+         {"label": "profiled time (ms)"}),
+        ("matmul_time_ms", FLOAT, "ms", "metric op_time: self time of the matrix-product operators "
+         "(op_policy.MATMUL_OPS, fused attention kernels included) in one profiled call; on CUDA the device time "
+         "of the kernels they launched", {"label": "matrix products, self (ms)"}),
+        ("other_time_ms", FLOAT, "ms", "metric op_time: self time of every other operator in one profiled call (CUDA: "
+         "the rest of the device's time); profiled_time_ms less both is time outside any operator (the Python "
+         "between operators, the autograd engine's work around backward nodes, a hand-written backward's Python; "
+         "CUDA: the device waiting for the host)", {"label": "other operators, self (ms)"}),
+        ("matmul_time_share", FLOAT, "fraction", "metric op_time: matmul_time_ms / profiled_time_ms, the share of the "
+         "call spent in matrix products: high in a compute-bound call, low in one that is overhead-bound",
+         {"label": "matrix-product share of the time (fraction)", "better": "higher"}),
+        ("ops_per_call", FLOAT, "count", "metric op_time: operators launched per call (ATen's and any library's; "
+         "nested calls included: each passes the dispatcher); many small operators make a call overhead-bound",
+         {"label": "operators per call (count)"}),
         ("memory_budget_bytes", INT, "bytes", "the tracked-bytes budget the cell ran under (empty: none)"),
         ("macs", INT, "MACs", "analytic multiply-accumulates of one call, as executed (dense)",
          {"label": "MACs per call (MACs)", "deterministic": True}),
@@ -316,8 +332,10 @@ def _array(column: Column, values: list[object]) -> pa.Array:
 
 def conform(table: pa.Table) -> pa.Table:
     """A cell file's table in SCHEMA: a current file as it is; an older one (columns typed by their values,
-    nulls as a null type, timestamps as text) converted, its undeclared columns kept after the declared ones."""
-    if table.schema.metadata and table.schema.metadata.get(SCHEMA_VERSION_KEY) == str(SCHEMA_VERSION).encode():
+    nulls as a null type, timestamps as text), or one written before a column was declared, converted (the
+    columns it lacks are null), its undeclared columns kept after the declared ones."""
+    current = table.schema.metadata and table.schema.metadata.get(SCHEMA_VERSION_KEY) == str(SCHEMA_VERSION).encode()
+    if current and table.schema.names == SCHEMA.names:
         return table
     frame = table.to_pandas()
     profiled = frame["measurement"].isin(PROFILE_MEASUREMENTS) if "measurement" in frame else False

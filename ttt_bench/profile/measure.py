@@ -25,6 +25,7 @@ from ttt_bench.profile.backend import autocast_context, check_compiled, compiled
 from ttt_bench.profile.flops import count_with_flop_counter, count_with_fvcore
 from ttt_bench.profile.inference import DecodeSettings, InferenceWorkload
 from ttt_bench.profile.memory import measure_cuda_peak_bytes, measure_peak_bytes, nvml_device_info
+from ttt_bench.profile.op_time import profile_op_time
 from ttt_bench.profile.timing import Timing, clock_for, time_callable, time_interleaved, timing_of
 from ttt_bench.results import ALL_PASSES, INFERENCE_PASSES, MEASUREMENT_OF_PASS, NOISY_SPREAD, PASSES
 
@@ -36,7 +37,8 @@ PASS_COLUMNS = (
     "macs", "flops", "useful_macs", "useful_flops", "macs_per_token", "macs_fvcore", "macs_flop_counter",
     "peak_bytes", "cuda_peak_bytes", "ms", "p20_ms", "p80_ms", "repeats", "spread", "noisy", "tokens_per_s",
     "tflops_per_s", "tokens_per_sample", "state_bytes", "state_bytes_stated", "compile_s", "compile_error",
-    "eager_time_ms", "compile_speedup", "compile_speedup_spread", "status", "message",
+    "eager_time_ms", "compile_speedup", "compile_speedup_spread", "profiled_time_ms", "matmul_time_ms",
+    "other_time_ms", "matmul_time_share", "ops_per_call", "status", "message",
 )
 # Every column measure_cell can fill, in order; a column a cell did not reach is left empty (NaN).
 ROW_COLUMNS = [
@@ -128,7 +130,11 @@ class Workload:
         self.layer.zero_grad(set_to_none=True)
 
 
-METRICS = ("flops", "memory", "time")  # what measure_cell can collect; the analytic cost is always there
+# What measure_cell can collect; the analytic cost is always there. op_time (where a call's time goes: matrix
+# products, other operators, operators launched; profile/op_time.py) is asked for by name: a suite that lists no
+# metrics gets DEFAULT_METRICS.
+METRICS = ("flops", "memory", "time", "op_time")
+DEFAULT_METRICS = ("flops", "memory", "time")
 
 FULL_BUDGET = TimingBudget(min_total_s=0.5, min_repeats=5, slow_call_s=1.0, slow_min_repeats=3)
 QUICK_BUDGET = TimingBudget(min_total_s=0.2, min_repeats=3, slow_call_s=0.5, slow_min_repeats=2)
@@ -139,20 +145,22 @@ def measure_cell(
     budget: TimingBudget = FULL_BUDGET,
     *,
     memory_budget_bytes: int | None = None,
-    metrics: tuple[str, ...] = METRICS,
+    metrics: tuple[str, ...] = DEFAULT_METRICS,
     passes: tuple[str, ...] = PASSES,
     skip_reason: str | None = None,
     decode: DecodeSettings | None = None,
 ) -> dict[str, object]:
     """One row for `cell`. Order: analytic cost, the compiled passes' first calls (backend 'compile'), tracked
     memory (a budget overrun ends the cell early as 'oom'), the counted FLOPs (fvcore traces a token loop slowly),
-    CUDA memory, the decode state, timings; of these, the `metrics` asked for, for the `passes` asked for (the
-    counted FLOPs always take both training passes). Prefill and decode: profile/inference.py.
+    CUDA memory, the decode state, timings, then the operator profile (after the timings, so its profiler never
+    touches a timed call); of these, the `metrics` asked for, for the `passes` asked for (the counted FLOPs always
+    take both training passes). Prefill and decode: profile/inference.py.
 
     With `memory_budget_bytes` the tracker raises torch.OutOfMemoryError above it on any device; on CUDA
     the allocator is also capped there for the cell (`set_per_process_memory_fraction`), then restored.
-    `skip_reason` records the cell as 'skipped' with its analytic cost only. Tracked memory and counted FLOPs are
-    measured on eager cells only: inductor's kernels allocate and compute outside the dispatcher they follow.
+    `skip_reason` records the cell as 'skipped' with its analytic cost only. Tracked memory, counted FLOPs and the
+    operator profile are measured on eager cells only: inductor's kernels allocate and compute outside the
+    dispatcher they follow, and the profiler sees no operator inside them.
     """
     row: dict[str, object] = {**cell.config_columns(), "status": "ok", "message": ""}
     decode = decode or DecodeSettings()
@@ -215,6 +223,10 @@ def measure_cell(
                                                           decode.samples, device)
                     row.update(columns)
                 row.update(timing_columns(name, timing, tokens, flops))
+        if "op_time" in metrics and eager:
+            for name in passes:
+                row.update(op_time_columns(name, calls[name] if name != "decode" else None, zero_grads, inference,
+                                           row, device))
         if device.type == "cuda":
             nvml = nvml_device_info(device)
             row["nvml_used_bytes"] = nvml["used_bytes"] if nvml else None
@@ -337,6 +349,21 @@ def counted_columns(layer: torch.nn.Module, x: torch.Tensor, calls: dict[str, Ca
     }
     uncounted = sorted({f"{c.counter}:{op}" for c in counts.values() for op in c.uncounted_ops})
     return {**{column: count.macs for column, count in counts.items()}, "uncounted_ops": ";".join(uncounted)}
+
+
+def op_time_columns(name: str, call: Callable[[], Any] | None, zero_grads: Callable[[], None],
+                    inference: InferenceWorkload, row: dict[str, object], device: torch.device) -> dict[str, object]:
+    """The pass under torch.profiler (profile/op_time.py): per call, or for decode per generated token over a sample
+    of consecutive steps as timed_decode's (sized here where the cell was not timed). The pass's median time, where
+    the cell has one, sizes the profiled calls; without it one untimed call warms the pass up first."""
+    timed_ms = row.get(f"{name}_ms")
+    if name == "decode":
+        group = row.get(f"{name}_tokens_per_sample") or _decode_group(inference, device)
+        op_time = profile_op_time(_steps(inference, group), device=device, per_call=group,
+                                  call_ms=None if timed_ms is None else timed_ms * group)
+    else:
+        op_time = profile_op_time(call, device=device, setup=zero_grads, call_ms=timed_ms)
+    return op_time.columns(name)
 
 
 def timing_columns(name: str, timing: Timing, tokens: int, flops: int | None) -> dict[str, object]:

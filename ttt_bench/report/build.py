@@ -4,8 +4,10 @@ Sections, each present only when the results hold what it needs (what they lack 
 header, with the run that would fill it): noisy timings; accuracy vs FLOPs, the learning curves, accuracy vs state
 size, the accuracy over seeds and which series it separates (ttt_bench.report.seed_stats); per setting group, from
 its forward and forward + backward rows time vs N, memory vs N, the out-of-memory frontier, the crossover with
-softmax attention and achieved TFLOP/s vs N, from its prefill and decode rows the inference sections
-(ttt_bench.report.inference), and compiled against eager where cells ran both ways (ttt_bench.report.compiled);
+softmax attention and achieved TFLOP/s vs N (with each point's share of the dense-matmul ceiling), from its prefill
+and decode rows the inference sections (ttt_bench.report.inference), where the time goes (matrix products against
+the rest, ttt_bench.report.time_split), time and memory against the mini-batch size where the rows sweep it
+(ttt_bench.report.mini_batch), and compiled against eager where cells ran both ways (ttt_bench.report.compiled);
 loss vs position, and the cells that did not finish. Rows set up differently are separate series
 (ttt_bench.report.settings).
 """
@@ -21,7 +23,18 @@ import pandas as pd
 
 from ttt_bench.config import path_inside, slug_of
 from ttt_bench.errors import ConfigError
-from ttt_bench.report import compiled, figures, frames, frontier, inference, pareto, scaling, seed_stats
+from ttt_bench.report import (
+    compiled,
+    figures,
+    frames,
+    frontier,
+    inference,
+    mini_batch,
+    pareto,
+    scaling,
+    seed_stats,
+    time_split,
+)
 from ttt_bench.report.document import FIGURES_DIR, Document, Section, Table, write_html, write_markdown
 from ttt_bench.report.manifest import ReportFiles
 from ttt_bench.report.palette import palette_of
@@ -67,17 +80,22 @@ def build_report(result_dirs: list[Path], out: Path, options: ReportOptions | No
         suffix = "" if len(groups) == 1 else f"-{index + 1}"
         # Training-mode and inference passes are drawn apart: their captions say what each time and peak is.
         training, serving = frames.training_mode_rows(rows), frames.inference_rows(rows)
+        profiled = []
         if len(training):
             points = frames.scaling_points(training)
             writer.palette.learn_series(points["series"], points["variant"])
             noisy.append(frames.noisy_points(points))
+            profiled.append(points)
             sections += _scaling_sections(writer, training, points, setting, suffix, options,
                                           with_frontier=not searched)
         if len(serving):
             points = frames.scaling_points(serving)
             writer.palette.learn_series(points["series"], points["variant"])
             noisy.append(frames.noisy_points(points))
+            profiled.append(points)
             sections += inference.sections(writer, serving, points, setting, suffix, options.reference)
+        sections.append(time_split.section(writer, pd.concat(profiled, ignore_index=True), setting, suffix))
+        sections.append(mini_batch.section(writer, rows, setting, suffix))
         sections.append(compiled.section(rows, setting))
     sections += searched
     sections += [_positions(writer, frame), _failures(frame)]
@@ -348,8 +366,14 @@ def _throughput_section(writer, points, rows, setting, suffix, options: ReportOp
                f"Horizontal lines: {lines}.")
     ok = points[points["status"] == "ok"]
     best = frames.achieved_tflops_per_s(ok).groupby(ok["series"]).max().rename("achieved_tflops_per_s").reset_index()
-    return Section(title, caption, [stem], [Table("Best achieved TFLOP/s per series over N and passes",
-                                                  shown(best))])
+    tables = [Table("Best achieved TFLOP/s per series over N and passes", shown(best))]
+    ceiling_shares = time_split.ceiling_share_table(points)
+    if len(ceiling_shares):
+        caption += (" The second table gives each point's achieved rate as a share of the dense-matmul ceiling "
+                    "measured in its own worker, with the same dtype and threads (1 = the rate of a dense matmul; "
+                    "causal attention's masked half counted, as above).")
+        tables.append(Table("Share of the dense-matmul ceiling per series, pass and N", shown(ceiling_shares)))
+    return Section(title, caption, [stem], tables)
 
 
 def _positions(writer: _SectionWriter, frame: pd.DataFrame) -> Section:

@@ -336,3 +336,102 @@ def throughput(points: pd.DataFrame, palette: Palette, title: str, ceilings: dic
     _figure_legend(figure, axes)
     figure.suptitle(_literal(title))
     return figure
+
+
+# The parts of a profiled call (report/time_split.py), in the order they are stacked, with their colours: the same
+# in every report, apart from the layers' colours, since each bar is one series.
+TIME_PARTS = {"matmul_time_share": ("matrix products", "#33609e"),
+              "other_time_share": ("other operators", "#e3932b"),
+              "outside_time_share": ("outside any operator", "#c8c8c8")}
+
+
+def time_split(points: pd.DataFrame, title: str) -> Figure:
+    """One panel per measurement, a horizontal bar per series stacked from the shares of its profiled call in
+    matrix products, other operators and outside any operator (time_split.shares), sorted by the first, largest at
+    the top. A series that did not run, or was not profiled, has no bar; its label says why."""
+    measurements = [m for m in MEASUREMENT_TITLES if m in set(points["measurement"])]
+    heights = [points["measurement"].eq(m).sum() for m in measurements]
+    with sns.axes_style("whitegrid"), matplotlib.rc_context(_RC):
+        figure = Figure(figsize=(8.0, 0.3 * sum(heights) + 1.3 * len(measurements) + 0.4), layout="constrained")
+        axes = figure.subplots(len(measurements), 1, squeeze=False, height_ratios=[h + 2 for h in heights]).ravel()
+    for ax, measurement in zip(axes, measurements):
+        rows = points[points["measurement"] == measurement].copy()
+        drawn = (rows["status"] == "ok") & rows["matmul_time_share"].notna()
+        rows["bar_key"] = rows["matmul_time_share"].where(drawn, -1.0)
+        rows = rows.sort_values(["bar_key", "series"], ascending=[True, False]).reset_index(drop=True)
+        left = np.zeros(len(rows))
+        for column, (name, colour) in TIME_PARTS.items():
+            widths = rows[column].where(rows["bar_key"] >= 0, 0.0).fillna(0.0)
+            ax.barh(range(len(rows)), widths, left=left, color=colour, edgecolor="white", linewidth=0.5,
+                    height=0.7, label=name)
+            left += widths.to_numpy()
+        names = [_literal(row.series) if row.bar_key >= 0 else
+                 _literal(f"{row.series}: {row.status if row.status != 'ok' else 'not profiled'}")
+                 for row in rows.itertuples(index=False)]
+        ax.set_yticks(range(len(rows)), names)
+        ax.set_ylim(-0.6, len(rows) - 0.4)
+        ax.set_xlim(0.0, 1.0)
+        ax.set_title(MEASUREMENT_TITLES[measurement])
+        ax.set_xlabel("share of the profiled call's wall-clock (fraction)")
+        ax.grid(axis="y", visible=False)
+    _figure_legend(figure, axes[:1])
+    figure.suptitle(_literal(title))
+    return figure
+
+
+def mini_batch(points: pd.DataFrame, palette: Palette, title: str) -> Figure:
+    """Time (top row, p20-p80 band, hollow where noisy) and peak tracked memory (bottom row) against the mini-batch
+    size b, log2 axis with a tick at every b measured, log y; one column per measurement, a line per series in its
+    layer's colour; points that did not finish are not drawn (report/mini_batch.py lists them)."""
+    measurements = [m for m in MEASUREMENT_TITLES if m in set(points["measurement"])]
+    figure, axes = _figure(2 * len(measurements), width_per_panel=5.0, height=3.6, columns=len(measurements))
+    values = sorted(int(b) for b in points["mini_batch"].unique())
+    for column, measurement in enumerate(measurements):
+        shown = points[(points["measurement"] == measurement) & (points["status"] == "ok")]
+        for row, metric in enumerate(("time_ms", "peak_bytes")):
+            ax = axes[row * len(measurements) + column]
+            factor = scale(metric)
+            for name, group in shown.groupby("series", sort=False):
+                group = group[group[metric].notna()].sort_values("mini_batch")
+                if group.empty:
+                    continue
+                style = palette.style(name)
+                noisy = group["noisy"].to_numpy(dtype=bool) if metric == "time_ms" else np.zeros(len(group), bool)
+                ax.plot(group["mini_batch"], group[metric] * factor, color=style.colour, linestyle=style.linestyle,
+                        marker=style.marker, markersize=4, linewidth=1.2, markevery=list(np.flatnonzero(~noisy)),
+                        label=_literal(name))
+                if noisy.any():
+                    ax.plot(group["mini_batch"][noisy], group[metric][noisy] * factor, linestyle="none",
+                            marker=style.marker, markersize=5, markerfacecolor=NOISY_FACE,
+                            markeredgecolor=style.colour, markeredgewidth=1.2)
+                if metric == "time_ms":
+                    ax.fill_between(group["mini_batch"], group["time_p20_ms"], group["time_p80_ms"],
+                                    color=style.colour, alpha=0.2, linewidth=0)
+            ax.set_xscale("log", base=2)
+            _plain_log_y(ax, shown[metric].dropna() * factor)
+            ax.set_xticks(values, [str(b) for b in values])
+            ax.xaxis.set_minor_locator(ticker.NullLocator())
+            ax.set_xlabel(label("mini_batch"))
+            ax.set_ylabel(label(metric))
+            if row == 0:  # the column's pass, once: the y axes say which row is time and which memory
+                ax.set_title(MEASUREMENT_TITLES[measurement])
+    if points.loc[points["status"] == "ok", "noisy"].fillna(False).astype(bool).any():
+        axes[0].plot([], [], marker="o", markerfacecolor=NOISY_FACE, markeredgecolor="grey", linestyle="none",
+                     label=f"noisy timing (spread > {NOISY_SPREAD:g}x)")
+    _figure_legend(figure, axes)
+    figure.suptitle(_literal(title))
+    return figure
+
+
+def _plain_log_y(ax, values: pd.Series) -> None:
+    """A log y axis labelled in plain numbers (20, 50, 100; not 2 x 10^1), at 1, 2 and 5 of each decade where
+    the values span less than two decades, so that a narrow range still shows a few labels."""
+    ax.set_yscale("log")
+    plain = ticker.FuncFormatter(lambda value, _: f"{value:g}")
+    ax.yaxis.set_major_formatter(plain)
+    values = values[values > 0]
+    if len(values) and float(values.max()) / float(values.min()) < 100:
+        ax.yaxis.set_minor_locator(ticker.LogLocator(subs=(2.0, 5.0)))
+        ax.yaxis.set_minor_formatter(plain)
+    else:
+        ax.yaxis.set_minor_formatter(ticker.NullFormatter())

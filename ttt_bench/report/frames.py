@@ -23,7 +23,8 @@ from ttt_bench.results import (
 SETTING_COLUMNS = ("device", "dtype", "batch", "d_model", "n_heads")  # fixed within one scaling figure
 POINT_METRICS = ("time_ms", "time_p20_ms", "time_p80_ms", "peak_bytes", "flops", "useful_flops",
                  "matmul_tflops_per_s", "memory_budget_bytes", "tokens_per_s", "state_bytes", "state_bytes_stated",
-                 "compile_s", "compile_error", "eager_time_ms", "compile_speedup", "compile_speedup_spread")
+                 "compile_s", "compile_error", "eager_time_ms", "compile_speedup", "compile_speedup_spread",
+                 "profiled_time_ms", "matmul_time_ms", "other_time_ms", "matmul_time_share", "ops_per_call")
 TRAINING_MEASUREMENTS = DEFAULT_MEASUREMENTS  # forward and forward + backward: what a training step runs
 INFERENCE_MEASUREMENTS = tuple(MEASUREMENT_OF_PASS[name] for name in INFERENCE_PASSES)  # prefill and decode
 FAILURE_COLUMNS = ["variant", "task", "seq_len", "measurement", "status", "message"]
@@ -72,13 +73,14 @@ def setting_groups(profile: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     return groups
 
 
-def scaling_points(profile: pd.DataFrame) -> pd.DataFrame:
+def scaling_points(profile: pd.DataFrame, placed_by: tuple[str, ...] = ("seq_len",)) -> pd.DataFrame:
     """One row per series, measurement and N: 'ok' when any seed ran, with the medians over the seeds that did;
     otherwise the first failure's status. Rows set up differently in any config column, measure setting or
     thread count are separate series (ttt_bench.report.settings), never averaged together. A point is `noisy`
-    when a seed's timing was (`noise` gives why). Sorted by series and N."""
-    keys = ["series", "measurement", "seq_len"]
-    found = series(profile, placed_by=("seq_len",))
+    when a seed's timing was (`noise` gives why). Sorted by series and N. `placed_by`: the columns a point is
+    drawn at (another x axis, such as the mini-batch size, before N); they do not name a series."""
+    keys = ["series", "measurement", *placed_by]
+    found = series(profile, placed_by=placed_by)
     rows = profile.assign(series=found.labels, settings=found.settings, noise=noise_reasons(profile),
                           time_spread=timing_spread(profile))
     ok = rows[rows["status"] == "ok"]

@@ -39,7 +39,7 @@ from ttt_bench.errors import ConfigError, UnknownLayerError
 from ttt_bench.layers.base import SequenceMixer
 from ttt_bench.layers.registry import unknown_layer
 from ttt_bench.layers.user_modules import import_layer_module
-from ttt_bench.profile.measure import DTYPES, METRICS, analytic_columns, first_line
+from ttt_bench.profile.measure import DEFAULT_METRICS, DTYPES, METRICS, analytic_columns, first_line
 from ttt_bench.results import ALL_PASSES, MEASUREMENT_OF_PASS, PASSES, PROFILE_MEASUREMENTS
 from ttt_bench.sweep.plan import LayerEntry, Suite, TaskEntry
 from ttt_bench.sweep.rules import check_rule
@@ -89,7 +89,7 @@ def parse_suite(data: dict, path: Path, text: str = "") -> Suite:
     description = check.string("description", data.get("description", ""))
     imports = _parse_imports(check, data.get("imports", []))
     task_entries = _parse_tasks(check, data.get("tasks", []))
-    default_metrics = [ACCURACY] if task_entries else list(METRICS)
+    default_metrics = [ACCURACY] if task_entries else list(DEFAULT_METRICS)
     metrics = tuple(check.list("metrics", data.get("metrics", default_metrics), nonempty=True))
     for index, metric in enumerate(metrics):
         check.choice(f"metrics[{index}]", metric, (*METRICS, ACCURACY))

@@ -20,7 +20,7 @@ from ttt_bench.config import (
     knob,
 )
 from ttt_bench.errors import ConfigError
-from ttt_bench.profile.measure import DTYPES, METRICS, TimingBudget
+from ttt_bench.profile.measure import DEFAULT_METRICS, DTYPES, METRICS, TimingBudget
 from ttt_bench.profile.memory_fit import CARD_BUDGETS_GIB
 from ttt_bench.results import BACKENDS, DEFAULT_MEASUREMENTS, PROFILE_MEASUREMENTS
 from ttt_bench.training.models import ModelSettings
@@ -79,8 +79,9 @@ TOP_LEVEL_KEYS = {
     "description": "one line shown by `ttt-bench ls`",
     "measurements": f"what a profiling suite measures, any of {list(PROFILE_MEASUREMENTS)} (default "
                     f"{list(DEFAULT_MEASUREMENTS)}; prefill and decode: docs/measurement.md#inference)",
-    "metrics": f"what a profiling suite collects, any of {list(METRICS)} (the analytic FLOPs are always there); "
-               f"a training suite's is ['{ACCURACY}']",
+    "metrics": f"what a profiling suite collects, any of {list(METRICS)} (default {list(DEFAULT_METRICS)}; the "
+               f"analytic FLOPs are always there; op_time: where each call's time goes, docs/measurement.md); a "
+               f"training suite's is ['{ACCURACY}']",
     "imports": "modules that register layers of your own, imported first by the runner and every worker: a .py path "
                "relative to the suite file, or a module name (found on the Python path, else as that name + .py beside "
                "the suite)",
