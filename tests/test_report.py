@@ -30,11 +30,13 @@ from report_fixture import (
     write_two_settings_results,
 )
 
+from ttt_bench import layers
 from ttt_bench.cli import main
+from ttt_bench.layers.control import CONTROL_LAYER
 from ttt_bench.report import figures, frames, frontier, pareto, scaling, seed_stats
 from ttt_bench.report.build import ReportOptions, build_report, default_report_name, device_slug
 from ttt_bench.report.figures import NOISY_FACE
-from ttt_bench.report.palette import Palette, palette_of
+from ttt_bench.report.palette import LEAD_LAYERS, Palette, palette_of
 from ttt_bench.report.peaks import datasheet_tflops
 from ttt_bench.report.settings import series
 from ttt_bench.report.tables import MISSING, format_number
@@ -528,3 +530,14 @@ def test_no_time_crossover_is_read_where_a_time_falls_with_n():
     assert row["faster_refused"] == ("not given: attention-sdpa-causal's time falls with N (40 ms at 512 > 16 ms "
                                      "at 1024)")
     assert row["memory_ratio"] == 1.0  # memory is not a timing: still compared
+
+
+def test_the_layers_reports_compare_most_take_distinct_strong_colours():
+    palette = Palette({})
+    lead = [palette.layer_colour(name) for name in LEAD_LAYERS]
+    assert len(set(lead)) == len(lead)
+    shipped = [name for name in layers.names() if layers.variant(name).layer_cls.__module__.startswith("ttt_bench.")]
+    every = {palette.layer_colour(name) for name in shipped if name != CONTROL_LAYER}
+    assert len(every) == len(shipped) - 1  # twenty hues: no two of the shipped layers share one
+    luminance = lambda c: 0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2]
+    assert all(luminance(c) <= 0.7 and max(c) - min(c) >= 0.1 for c in every)  # no pale shade, no grey

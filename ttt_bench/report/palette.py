@@ -22,22 +22,26 @@ class Style:
 
 
 LINE_STYLES = ("-", "--", ":", "-.")
+# The layers most reports put side by side, first: they take the strongest, most distinct colours.
+LEAD_LAYERS = ("ttt-linear", "ttt-mlp", "linear-attention-causal", "attention-sdpa-causal", "delta-rule",
+               "fast-weights", "attention-naive-causal", "ttt-kernel", "mttt-linear", "mttt-mlp")
 CONTROL_COLOUR = (0.3, 0.3, 0.3)
 MARKERS = ("o", "s", "^", "D", "v", "P")
 
 
 class Palette:
-    """A colour per layer, the same in every report: a registered layer keeps the colour of its place in the
-    registry (tab20's strong shades first, then its pale ones), the no-mixer control dark grey; a layer the
-    registry here does not know (a user's own) takes a colour from a stable hash of its name. The variants and
-    series of one layer share its colour and differ by line style and marker, given in the order they are first
-    drawn."""
+    """A colour per layer, the same in every report: a registered layer keeps the colour of its place in
+    LEAD_LAYERS and then the registry, from twenty hues that differ on white (the layers reports compare most take
+    tab10's; pale shades are never used, and none is the no-mixer control's dark grey); a layer the registry here
+    does not know (a user's own) takes a colour from a stable hash of its name. The variants and series of one
+    layer share its colour and differ by line style and marker, given in the order they are first drawn."""
 
     def __init__(self, layer_of: dict[str, str]) -> None:
-        tab20 = sns.color_palette("tab20", 20)
-        self._registered = tab20[0::2] + tab20[1::2]
+        self._registered = _distinct_hues()
         self._unregistered = sns.color_palette("dark", 10)
-        self._index = {name: index for index, name in enumerate(layers.names())}
+        order = [name for name in LEAD_LAYERS if name in layers.names()]
+        order += [name for name in layers.names() if name not in order]
+        self._index = {name: index for index, name in enumerate(order)}
         self._layer_of = dict(layer_of)  # variant or series name -> its layer
         self._styles: dict[str, Style] = {}
 
@@ -66,6 +70,14 @@ class Palette:
             self._styles[name] = Style(self.layer_colour(layer), LINE_STYLES[taken % len(LINE_STYLES)],
                                        MARKERS[taken % len(MARKERS)])
         return self._styles[name]
+
+
+def _distinct_hues() -> list[tuple[float, float, float]]:
+    """Twenty colours that read on white: tab10, Dark2 and Set1 in that order, without their greys (the control's
+    hue) and light shades such as yellow (luminance above 0.7)."""
+    readable = lambda c: max(c) - min(c) >= 0.1 and 0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2] <= 0.7
+    candidates = sns.color_palette("tab10", 10) + sns.color_palette("Dark2", 8) + sns.color_palette("Set1", 9)
+    return [c for c in candidates if readable(c)][:20]
 
 
 def palette_of(frame: pd.DataFrame) -> Palette:
