@@ -30,6 +30,7 @@ from ttt_bench.layers.ttt import learners
 from ttt_bench.layers.ttt.gelu import gelu
 from ttt_bench.layers.ttt.learners import Dense
 from ttt_bench.layers.ttt.linear_scan import LinearLearnerScan
+from ttt_bench.layers.ttt.mlp_scan import MLPCheckpointedScan, MLPLearnerScan
 from ttt_bench.layers.ttt.reconstruction import ViewsReconstruction
 
 
@@ -95,7 +96,7 @@ class Steps:
 
 
 def causal_dual(q, k, target, eta, params, head, mini_batch: int, token_index_scale: bool, steps: Steps | None = None,
-                gelu_approximate: str = "none"):
+                gelu_approximate: str = "none", checkpoint_group: int = 0):
     """Mini-batch TTT in dual form: one sequential step per mini-batch, readouts batched afterwards.
 
     The scan carries only W; each mini-batch's start weights, layer inputs and gradients are kept, and
@@ -106,6 +107,10 @@ def causal_dual(q, k, target, eta, params, head, mini_batch: int, token_index_sc
     `params` may instead be a Pending mini-batch (decoding on from a state): the rest of the mini-batch in progress
     then runs token by token (causal_primal), the whole mini-batches after it in dual form, and a trailing partial
     one is read out in dual form and left pending; the second result is then the Pending after the last token.
+
+    checkpoint_group (TTT-MLP with the views loss): 0 keeps every mini-batch's start weights for the backward; c > 0
+    keeps every c-th and recomputes the rest in the backward (mlp_scan.py). Decoding from a Pending ignores it: a
+    decoder keeps no graph.
     """
     steps = steps or EAGER
     if isinstance(params, Pending):
@@ -119,16 +124,19 @@ def causal_dual(q, k, target, eta, params, head, mini_batch: int, token_index_sc
     outputs = []
     for q_part, k_part, t_part, e_part in zip(*(x.split(sizes, dim=1) for x in (q, keys, prepared, eta))):
         weights, readout = _dual_scan(
-            q_part, k_part, t_part, e_part, weights, learner, head, mini_batch, token_index_scale, steps
+            q_part, k_part, t_part, e_part, weights, learner, head, mini_batch, token_index_scale, steps,
+            checkpoint_group,
         )
         outputs.append(readout())
     output = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
     return output, learners.unaugment(weights, learner)
 
 
-def _dual_scan(q_part, k_part, t_part, e_part, weights, learner, head, mini_batch, token_index_scale, steps):
+def _dual_scan(q_part, k_part, t_part, e_part, weights, learner, head, mini_batch, token_index_scale, steps,
+               checkpoint_group: int = 0):
     """Whole mini-batches (or one shorter last one) of [BH, M*b, .] tensors from `weights`: (the final weights, the
-    readout of their outputs, to call once the caller has let go of `weights`: the readout never reads them)."""
+    readout of their outputs, to call once the caller has let go of `weights`: the readout never reads them).
+    checkpoint_group > 0: the two-layer learner's scan keeps only every group's start weights (mlp_scan.py)."""
     b = min(mini_batch, q_part.shape[1])
     # Mini-batch-major [M, BH, b, ...]: each sequential step reads one contiguous block.
     chunked = lambda x: x.unflatten(1, (x.shape[1] // b, b)).transpose(0, 1).contiguous()
@@ -146,6 +154,23 @@ def _dual_scan(q_part, k_part, t_part, e_part, weights, learner, head, mini_batc
                 w0, *(x.to(w0.dtype) for x in (k_chunks, rated_keys, chunked(t_part))), head.ln_weight_sq
             )
         weights, stacked = [final], ([starts], [k_chunks], [grads])
+    elif len(weights) == 2 and isinstance(head, ViewsReconstruction):
+        w1, w2 = weights
+        scan_in = [x.to(w1.dtype) for x in (k_chunks, rated_keys, chunked(t_part), last_rates)]
+        with torch.autocast(w1.device.type, enabled=False):  # as LinearLearnerScan above
+            if checkpoint_group:
+                # The readout runs inside, group by group, without the head (a head without LayerNorm reads z out
+                # as z); the head reads the whole output out here.
+                readout = lambda q, s, x, g, r: steps.readout(q, s, x, g, learner, r, ViewsReconstruction(None, None))
+                output, *weights = MLPCheckpointedScan.apply(
+                    w1, w2, *scan_in, head.ln_weight_sq, chunked(q_part).to(w1.dtype), rates.to(w1.dtype),
+                    learner.gelu, checkpoint_group, readout,
+                )
+                return weights, lambda: head.readout(output, q_part)
+            starts1, starts2, x2, g1, g2, *weights = MLPLearnerScan.apply(
+                w1, w2, *scan_in, head.ln_weight_sq, learner.gelu
+            )
+        stacked = ([starts1, starts2], [k_chunks, x2], [g1, g2])
     else:
         weights, stacked = _scan(weights, learner, head, k_chunks, rated_keys, chunked(t_part), last_rates, steps.scan)
     return weights, lambda: steps.readout(chunked(q_part), *stacked, learner, rates, head)

@@ -83,6 +83,10 @@ class TTTConfig(MixerConfig):
         False, "LayerNorm over the full width (eps 1e-6, learned affine) before the output projection, as the "
         "official TTT layers apply",
     )
+    checkpoint_group: int = knob(
+        0, "causal dual TTT-MLP: keep the inner weights of every c-th mini-batch only and scan and read each group "
+        "of c again in the backward (less memory, more time); 0 keeps every mini-batch's",
+    )
     compile_scope: str = knob(
         "step", "compile_forms of a causal mini-batch learner: 'step' compiles one step of the loops (a mini-batch "
         "of the scan, the dual readout, a primal token), which Python calls; 'whole' the layer as written",
@@ -97,6 +101,7 @@ class TTTConfig(MixerConfig):
         check_choice(name, "compile_scope", self.compile_scope, ["step", "whole"])
         check_choice(name, "gelu_approximate", self.gelu_approximate, list(APPROXIMATIONS))
         check_integer(name, "mini_batch", self.mini_batch, 1)
+        check_integer(name, "checkpoint_group", self.checkpoint_group, 0)
         check_integer(name, "inner_steps", self.inner_steps, 1)
         check_positive(name, "eta_base", self.eta_base)
         for field in ("causal", "inner_sgd", "learn_eta", "eta_over_head_dim", "token_index_scale",
@@ -116,6 +121,12 @@ class TTTConfig(MixerConfig):
             raise ConfigError(
                 f"{name}: gelu_approximate={self.gelu_approximate!r} needs learner='mlp'; the {self.learner!r} "
                 "learner has no GELU (leave it 'none')"
+            )
+        mlp_dual = self.learner == "mlp" and self.causal and self.form == "dual" and self.reconstruction == "views"
+        if self.checkpoint_group and not mlp_dual:
+            raise ConfigError(
+                f"{name}: checkpoint_group={self.checkpoint_group} needs learner='mlp', reconstruction='views', "
+                "causal=True and form='dual'; only that scan keeps every mini-batch's inner weights (leave it 0)"
             )
         if self.learner == "kernel" and (self.reconstruction != "views" or self.ln_residual):
             raise ConfigError(
@@ -142,7 +153,8 @@ class TTTLayer(SequenceMixer):
     """TTT layer: q, k, v views of x per head; an inner learner trained on (k, target) and read at q."""
 
     Config = TTTConfig
-    reference_knobs = {"form": "primal"}  # the mini-batch dual form against its token-by-token primal form
+    # The mini-batch dual form against its token-by-token primal form, which has no scan to checkpoint.
+    reference_knobs = {"form": "primal", "checkpoint_group": 0}
 
     def __init__(self, config: TTTConfig) -> None:
         super().__init__(config)
@@ -234,9 +246,12 @@ class TTTLayer(SequenceMixer):
         if use_reference:
             return reference.causal_reference(q, k, target, eta, params, head, cfg.mini_batch, cfg.token_index_scale,
                                               gelu_approximate=cfg.gelu_approximate)
-        run = inner_loop.causal_dual if cfg.form == "dual" else inner_loop.causal_primal
-        return run(q, k, target, eta, params, head, cfg.mini_batch, cfg.token_index_scale, steps,
-                   gelu_approximate=cfg.gelu_approximate)
+        if cfg.form == "dual":
+            return inner_loop.causal_dual(q, k, target, eta, params, head, cfg.mini_batch, cfg.token_index_scale,
+                                          steps, gelu_approximate=cfg.gelu_approximate,
+                                          checkpoint_group=cfg.checkpoint_group)
+        return inner_loop.causal_primal(q, k, target, eta, params, head, cfg.mini_batch, cfg.token_index_scale, steps,
+                                        gelu_approximate=cfg.gelu_approximate)
 
     def decode(self, x: torch.Tensor, state: TTTState | attention.KVCache | None):
         return self._decode(x, state, inner_loop.EAGER)
@@ -373,6 +388,10 @@ class TTTLayer(SequenceMixer):
         if self._uses_linear_scan():
             # The hand-written backward (linear_scan.py) recomputes Z = K W per mini-batch for LayerNorm.
             backward = autograd_backward_macs(forward) + (lanes * dense_macs if cfg.ln_residual else 0)
+        elif self._uses_mlp_scan():
+            # The hand-written backward (mlp_scan.py): two products per forward product, the last mini-batch's update
+            # included (its carry is zero, not skipped), plus what checkpoint_group runs again.
+            backward = autograd_backward_macs(forward) + sequences * self._recomputed_macs(seq_len, aug, backprop_macs)
         else:
             if cfg.causal and cfg.form == "dual":
                 # The last mini-batch's update X^T G only makes the final weights, which no output reads.
@@ -387,6 +406,25 @@ class TTTLayer(SequenceMixer):
                 backward -= sequences * first_step_tokens * fixed_reads
         state = heads * sum(a * b + (b if cfg.inner_bias else 0) for a, b in widths)
         return LayerCost(tokens, forward, macs + useful, backward, state, final_state_macs=final_state)
+
+    def _uses_mlp_scan(self) -> bool:
+        """The causal dual form of the MLP learner with the views loss runs mlp_scan.py (inner_loop.causal_dual)."""
+        cfg = self.config
+        return cfg.causal and cfg.form == "dual" and cfg.learner == "mlp" and cfg.reconstruction == "views"
+
+    def _recomputed_macs(self, seq_len: int, aug: list[tuple[int, int]], backprop_macs: int) -> int:
+        """Per (sequence, head), the products checkpoint_group > 0 runs again in the backward (mlp_scan.py): each
+        group's scan, less its last mini-batch's update (the next group's saved start), and its readout."""
+        group, b = self.config.checkpoint_group, self.config.mini_batch
+        if not group:
+            return 0
+        dense, per_pair = sum(a * c for a, c in aug), sum(a + c for a, c in aug)
+        full, rest = divmod(seq_len, b)
+        macs = 0
+        for chunks, size in ((full, b), (int(rest > 0), rest)):  # causal_dual scans whole mini-batches, then the rest
+            groups = -(-chunks // group)
+            macs += chunks * size * (3 * dense + backprop_macs + size * per_pair) - groups * size * dense
+        return macs
 
     def _uses_linear_scan(self) -> bool:
         """The causal dual form of a linear learner with the views loss runs linear_scan.py (inner_loop.causal_dual)."""

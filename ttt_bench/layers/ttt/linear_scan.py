@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import torch
 
-from ttt_bench.layers.ttt.reconstruction import LN_EPS, layer_norm_l2_grad
+from ttt_bench.layers.ttt.reconstruction import LN_EPS, layer_norm_backward, layer_norm_l2_grad
+from ttt_bench.layers.ttt.scan_steps import step_views
 
 
 class LinearLearnerScan(torch.autograd.Function):
@@ -37,13 +38,7 @@ class LinearLearnerScan(torch.autograd.Function):
         grads = torch.empty(prepared.shape, dtype=prepared.dtype, device=prepared.device)
         states[0].copy_(w0)
         rated_t = rated.transpose(-1, -2)
-        if torch.jit.is_tracing():
-            # A tracer (fvcore) records a view's data when it is made: each step selects its operands as it runs.
-            steps = ((keys[m], rated_t[m], prepared[m], grads[m], states[m], states[m + 1]) for m in range(n_chunks))
-        else:
-            # The loop's operands as views made once: indexing inside the loop costs as much as a small op.
-            steps = zip(keys.unbind(0), rated_t.unbind(0), prepared.unbind(0), grads.unbind(0),
-                        states[:-1].unbind(0), states[1:].unbind(0))
+        steps = step_views(keys, rated_t, prepared, grads, states[:-1], states[1:])
         bmm, baddbmm = torch.bmm, torch.baddbmm
         if weight_sq is None:
             for k_m, rated_t_m, p_m, g_m, w_m, w_next in steps:
@@ -82,7 +77,7 @@ class LinearLearnerScan(torch.autograd.Function):
             c1 = inv_std * (a * normed).mean(-1, keepdim=True)
             scale = inv_std / shape[0]
             per_step += [x.unbind(0) for x in (z, mean, inv_std, c1, normed, normed * scale, grads * scale)]
-        bmm, baddbmm, addcmul, layer_norm_backward = torch.bmm, torch.baddbmm, torch.addcmul, _layer_norm_backward
+        bmm, baddbmm, addcmul = torch.bmm, torch.baddbmm, torch.addcmul
         for keys_t_m, rated_m, g_m, d_rated_m, d_g_m, d_z_m, d_start_m, d_grad_m, *normalised in zip(
             *(reversed(x) for x in per_step)
         ):
@@ -102,7 +97,7 @@ class LinearLearnerScan(torch.autograd.Function):
         if weight_sq is None:
             d_prepared, d_weight_sq = d_g.neg_(), None
         else:
-            d_prepared = _layer_norm_backward(d_g, z, shape, mean, inv_std)  # dA, for all mini-batches at once
+            d_prepared = layer_norm_backward(d_g, z, shape, mean, inv_std)  # dA, for all mini-batches at once
             d_weight_sq = (d_prepared * normed).sum((0, 2))[:, None]
         d_keys = d_z @ starts.transpose(-1, -2)
         return carry, d_keys, d_rated.neg_(), d_prepared, d_weight_sq
@@ -112,13 +107,4 @@ def _layer_norm_l2_grad(z, weight_sq, prepared):
     """reconstruction.layer_norm_l2_grad in its three ops, for operands of one dtype outside autograd."""
     shape = z.shape[-1:]
     normed, mean, inv_std = torch.native_layer_norm(z, shape, None, None, LN_EPS)
-    return _layer_norm_backward(torch.addcmul(prepared, normed, weight_sq), z, shape, mean, inv_std)
-
-
-_NATIVE_LAYER_NORM_BACKWARD = torch.ops.aten.native_layer_norm_backward.default
-_INPUT_GRAD_ONLY = [True, False, False]
-
-
-def _layer_norm_backward(grad, z, shape, mean, inv_std):
-    """LNB(grad) = r (grad - mean(grad) - N mean(grad N)), N = LN(z), r = 1 / std(z): LayerNorm's input gradient."""
-    return _NATIVE_LAYER_NORM_BACKWARD(grad, z, shape, mean, inv_std, None, None, _INPUT_GRAD_ONLY)[0]
+    return layer_norm_backward(torch.addcmul(prepared, normed, weight_sq), z, shape, mean, inv_std)

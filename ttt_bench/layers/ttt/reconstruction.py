@@ -46,9 +46,17 @@ def layer_norm_l2_grad(z: torch.Tensor, weight_sq: torch.Tensor, prepared: torch
     if torch.jit.is_tracing():
         centred = grad_normed - grad_normed.mean(-1, keepdim=True)
         return (centred - normed * (grad_normed * normed).mean(-1, keepdim=True)) * inv_std
-    return torch.ops.aten.native_layer_norm_backward(
-        grad_normed, z, shape, mean.detach(), inv_std.detach(), None, None, [True, False, False]
-    )[0]
+    return layer_norm_backward(grad_normed, z, shape, mean.detach(), inv_std.detach())
+
+
+_NATIVE_LAYER_NORM_BACKWARD = torch.ops.aten.native_layer_norm_backward.default
+_INPUT_GRAD_ONLY = [True, False, False]
+
+
+def layer_norm_backward(grad, z, shape, mean, inv_std):
+    """LNB(grad) = r (grad - mean(grad) - N mean(grad N)), N = LN(z), r = 1 / std(z): LayerNorm's input gradient,
+    from the statistics native_layer_norm returned for z, in one op."""
+    return _NATIVE_LAYER_NORM_BACKWARD(grad, z, shape, mean, inv_std, None, None, _INPUT_GRAD_ONLY)[0]
 
 
 class ViewsReconstruction:
