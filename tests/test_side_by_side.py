@@ -38,3 +38,15 @@ def test_bad_layers_are_one_error_and_exit_2(argv, capsys):
     assert side_by_side.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err
+
+
+def test_profiled_rows_split_the_time_and_count_the_operators():
+    specs = [side_by_side.parse_layer("ttt-linear:mini_batch=4")]
+    (row,) = side_by_side.side_by_side(specs, seq_len=16, d_model=16, n_heads=2, rounds=1, passes=("infer",),
+                                       memory=False, profile=True)
+    # Four mini-batches of a sequential scan: at least a few operators each, and shares of one profiled time.
+    assert row["ops_per_call"] >= 4 * 4
+    assert 0 < row["matmul_share"] and 0 < row["other_share"] and row["matmul_share"] + row["other_share"] <= 1
+    assert row["unprofiled_us_per_op"] > 0
+    table = side_by_side.markdown([row], "ttt-linear:mini_batch=4")
+    assert "operators per call (count)" in table and table.splitlines()[1].count("|---") == 9

@@ -5,7 +5,9 @@ machine. Here every layer runs in one process on the same input, each pass of ea
 (time_interleaved: the order reversed every other round), and a layer's ratio to the first is the median of the
 per-round ratios, so a drift of the machine moves both sides alike. Per layer and pass: the median time in ms with
 p20 and p80 (`noisy` where p80 / p20 > 1.5, as everywhere in ttt-bench), and once, outside the timed rounds, the
-tracked peak bytes of the pass above its inputs and parameters, per token.
+tracked peak bytes of the pass above its inputs and parameters, per token. With --profile, each pass also runs under
+torch.profiler (op_time.py, after the timed rounds): the operators it launches and its share of time in matrix
+products, in other operators and outside any operator (Python, autograd): where an overhead-bound layer's time goes.
 
     python -m ttt_bench.profile.side_by_side linear-attention-causal ttt-linear ttt-mlp --seq-len 4096
     python -m ttt_bench.profile.side_by_side ttt-mlp ttt-mlp:checkpoint_group=4 --seq-len 4096 --passes train
@@ -26,6 +28,7 @@ import torch
 
 from ttt_bench.errors import ConfigError, UnknownLayerError
 from ttt_bench.profile.memory import measure_peak_bytes
+from ttt_bench.profile.op_time import profile_op_time
 from ttt_bench.profile.timing import time_interleaved, timing_of
 
 PASSES = {"train": "forward + backward", "infer": "forward under inference_mode"}
@@ -75,8 +78,9 @@ def _infer_call(layer: torch.nn.Module, x: torch.Tensor) -> Callable[[], None]:
 
 def side_by_side(specs: list[LayerSpec], *, seq_len: int, batch: int = 1, d_model: int = 256, n_heads: int = 4,
                  dtype: torch.dtype = torch.float32, passes: tuple[str, ...] = ("train", "infer"), rounds: int = 9,
-                 memory: bool = True, seed: int = 0) -> list[dict[str, object]]:
-    """One row per (pass, layer): times over `rounds` interleaved rounds, the ratio to specs[0] and peak bytes."""
+                 memory: bool = True, profile: bool = False, seed: int = 0) -> list[dict[str, object]]:
+    """One row per (pass, layer): times over `rounds` interleaved rounds, the ratio to specs[0], peak bytes and, with
+    `profile`, op_time's split of one profiled call."""
     from ttt_bench.layers import build
 
     generator = torch.Generator().manual_seed(seed)
@@ -100,19 +104,32 @@ def side_by_side(specs: list[LayerSpec], *, seq_len: int, batch: int = 1, d_mode
                    "noisy": timing.spread > NOISY_SPREAD}
             if memory:
                 row["peak_bytes_per_token"] = measure_peak_bytes(call) / (batch * seq_len)
+            if profile:
+                split = profile_op_time(call, device=torch.device("cpu"), call_ms=timing.median_ms)
+                row |= {"ops_per_call": split.ops, "matmul_share": split.matmul_share,
+                        "other_share": split.other_ms / split.profiled_ms,
+                        "unprofiled_us_per_op": 1000.0 * timing.median_ms / split.ops}
             rows.append(row)
     return rows
 
 
 def markdown(rows: list[dict[str, object]], first: str) -> str:
-    lines = [f"| pass | layer | N | time (ms, median [p20, p80]) | ratio to {first} | tracked peak (bytes/token) |",
-             "|---|---|---|---|---|---|"]
+    profiled = any("ops_per_call" in row for row in rows)
+    head = f"| pass | layer | N | time (ms, median [p20, p80]) | ratio to {first} | tracked peak (bytes/token) |"
+    if profiled:
+        head += (" operators per call (count) | matmul / other / outside operators (share of profiled time) |"
+                 " unprofiled time per operator (us) |")
+    lines = [head, "|---" * head.count(" | ") + "|---|"]
     for row in rows:
         noisy = " (noisy)" if row["noisy"] else ""
         peak = f"{row['peak_bytes_per_token']:,.0f}" if "peak_bytes_per_token" in row else "-"
-        lines.append(f"| {PASSES[row['pass']]} | {row['layer']} | {row['seq_len']} | {row['time_ms']:.1f} "
-                     f"[{row['time_p20_ms']:.1f}, {row['time_p80_ms']:.1f}]{noisy} | {row['ratio_to_first']:.2f} "
-                     f"| {peak} |")
+        line = (f"| {PASSES[row['pass']]} | {row['layer']} | {row['seq_len']} | {row['time_ms']:.1f} "
+                f"[{row['time_p20_ms']:.1f}, {row['time_p80_ms']:.1f}]{noisy} | {row['ratio_to_first']:.2f} | {peak} |")
+        if profiled:
+            outside = 1.0 - row["matmul_share"] - row["other_share"]
+            line += (f" {row['ops_per_call']:,.0f} | {row['matmul_share']:.2f} / {row['other_share']:.2f} / "
+                     f"{outside:.2f} | {row['unprofiled_us_per_op']:.1f} |")
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -136,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=_positive, default=9)
     parser.add_argument("--passes", nargs="+", choices=list(PASSES), default=list(PASSES))
     parser.add_argument("--no-memory", action="store_true", help="skip the tracked peak bytes")
+    parser.add_argument("--profile", action="store_true", help="each pass once more under torch.profiler: operators "
+                        "per call and the time in matrix products, other operators and outside them")
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -144,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         for seq_len in args.seq_len:
             rows = side_by_side(specs, seq_len=seq_len, batch=args.batch, d_model=args.d_model,
                                 n_heads=args.n_heads, passes=tuple(args.passes), rounds=args.rounds,
-                                memory=not args.no_memory)
+                                memory=not args.no_memory, profile=args.profile)
             print(markdown(rows, specs[0].label))
     except (ConfigError, UnknownLayerError) as error:
         print(f"error: {error}", file=sys.stderr)
