@@ -26,7 +26,7 @@ from ttt_bench.profile.flops import count_with_flop_counter, count_with_fvcore
 from ttt_bench.profile.inference import DecodeSettings, InferenceWorkload
 from ttt_bench.profile.memory import measure_cuda_peak_bytes, measure_peak_bytes, nvml_device_info
 from ttt_bench.profile.op_time import profile_op_time
-from ttt_bench.profile.timing import Timing, clock_for, time_callable, time_interleaved, timing_of
+from ttt_bench.profile.timing import Timing, clock_for, time_callable, time_interleaved, timing_of, wall_ms
 from ttt_bench.results import ALL_PASSES, INFERENCE_PASSES, MEASUREMENT_OF_PASS, NOISY_SPREAD, PASSES
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -450,13 +450,7 @@ def timed_with_probe(
 ) -> Timing:
     """One untimed probe call (the warm-up) decides the repeats, so a slow cell gets few of them."""
     setup()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    repeats = budget.repeats_for(time.perf_counter() - start)
+    repeats = budget.repeats_for(wall_ms(fn, device) / 1000.0)
     return time_callable(
         fn, setup=setup, warmup=0, min_total_s=budget.min_total_s, min_repeats=repeats,
         max_repeats=max(repeats, budget.max_repeats), device=device,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from typing import Any
 import torch
 
 from ttt_bench.profile.op_policy import MATMUL_OPS, op_name
+from ttt_bench.profile.timing import wall_ms
 
 # Profiled calls of one pass add up to at least this much wall-clock (a short call is profiled several times, so
 # the clock's resolution and one call's hiccup weigh less), and at most this many calls are made.
@@ -70,7 +70,7 @@ def profile_op_time(fn: Callable[[], Any], *, device: torch.device, per_call: in
     if call_ms is None:
         if setup is not None:
             setup()
-        call_ms = _wall_ms(fn, device)
+        call_ms = wall_ms(fn, device)
     calls = max(1, min(MAX_PROFILED_CALLS, math.ceil(1000.0 * MIN_PROFILED_S / max(call_ms, 1e-3))))
     # Kineto announces every start and stop on stderr at its default level, once per pass of every cell; level 6
     # is above all of its levels. It is read when the profiler first starts, so a user's own setting wins.
@@ -78,12 +78,12 @@ def profile_op_time(fn: Callable[[], Any], *, device: torch.device, per_call: in
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
-    wall_ms = 0.0
+    profiled_ms = 0.0
     with torch.profiler.profile(activities=activities) as profiler:
         for _ in range(calls):
             if setup is not None:
                 setup()
-            wall_ms += _wall_ms(fn, device)
+            profiled_ms += wall_ms(fn, device)
     events = profiler.profiler.kineto_results.events()
     spans = host_spans(events)
     if device.type == "cuda":  # all device time, by the operator that launched it
@@ -96,18 +96,8 @@ def profile_op_time(fn: Callable[[], Any], *, device: torch.device, per_call: in
         other_ns = sum(ns for name, ns in times.items() if is_operator(name)) - matmul_ns
     ops = sum(1 for *_, name in spans if is_operator(name))
     units = calls * per_call
-    return OpTime(profiled_ms=wall_ms / units, matmul_ms=matmul_ns / 1e6 / units, other_ms=other_ns / 1e6 / units,
+    return OpTime(profiled_ms=profiled_ms / units, matmul_ms=matmul_ns / 1e6 / units, other_ms=other_ns / 1e6 / units,
                   ops=ops / units, calls=calls)
-
-
-def _wall_ms(fn: Callable[[], Any], device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return 1000.0 * (time.perf_counter() - start)
 
 
 def is_operator(name: str) -> bool:

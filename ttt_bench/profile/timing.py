@@ -100,6 +100,17 @@ def timing_of(times_ms: Sequence[float]) -> Timing:
     return Timing(median_ms=float(median), p20_ms=float(p20), p80_ms=float(p80), repeats=len(times_ms))
 
 
+def wall_ms(fn: Callable[[], Any], device: torch.device) -> float:
+    """One call's wall-clock in ms, the device synchronised before and after (the host's view, not CUDA events)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return 1000.0 * (time.perf_counter() - start)
+
+
 def clock_for(device: torch.device) -> Callable[[Callable[[], Any]], float]:
     """A function that runs a callable once and returns its wall-clock in ms (CUDA events on a GPU)."""
     if device.type == "cpu":
