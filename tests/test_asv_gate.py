@@ -30,8 +30,10 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 def test_the_regression_grid_enrols_every_registered_layer():
     grid = benchmark_grid(ROOT / "suites/regression.toml")
     assert grid.param_names == ("variant", "seq_len")
-    assert list(grid.params[0]) == layers.names() and grid.params[1] == (256, 1024)
+    # Every registered layer, and the checkpointed TTT-MLP scan under its own label.
+    assert list(grid.params[0]) == [*layers.names(), "ttt-mlp-checkpoint4"] and grid.params[1] == (256, 1024)
     assert grid.cell("ttt-mlp", 1024).cell.layer == "ttt-mlp"
+    assert grid.cell("ttt-mlp-checkpoint4", 1024).cell.overrides == {"checkpoint_group": 4}
     with pytest.raises(NotImplementedError, match=r"seq_len=1024: not in suite 'regression' \(its \[\[only\]\]"):
         grid.cell("ttt-mlp-primal", 1024)
     training = benchmark_grid(ROOT / "suites/regression-accuracy.toml")
