@@ -30,8 +30,7 @@ def _list(args: argparse.Namespace) -> None:
     for name in selected:
         variant = layers.variant(name)
         settings = ", ".join(f"{key}={value!r}" for key, value in variant.settings.items())
-        module = variant.layer_cls.__module__
-        origin = "" if module.startswith("ttt_bench.") else f"  (from {module})"
+        origin = "" if layers.is_shipped(name) else f"  (from {variant.layer_cls.__module__})"
         print(f"{name:34} {variant.layer_cls.__name__}({settings}){origin}")
         if args.knobs:
             for knob in layers.knobs(name):

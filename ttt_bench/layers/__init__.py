@@ -9,9 +9,9 @@ from ttt_bench.layers import (  # noqa: F401  (registers the families)
     linear,
     ttt,
 )
-from ttt_bench.layers.registry import build, config, is_causal, knobs, names, register, variant
+from ttt_bench.layers.registry import build, config, is_causal, is_shipped, knobs, names, register, variant
 from ttt_bench.layers.vml_warmup import resolve_vml_dispatch
 
 resolve_vml_dispatch()
 
-__all__ = ["build", "config", "is_causal", "knobs", "names", "register", "variant"]
+__all__ = ["build", "config", "is_causal", "is_shipped", "knobs", "names", "register", "variant"]

@@ -62,6 +62,11 @@ def names() -> list[str]:
     return sorted(_VARIANTS)
 
 
+def is_shipped(name: str) -> bool:
+    """A layer of ttt-bench's own zoo, not one a user registered."""
+    return variant(name).layer_cls.__module__.startswith("ttt_bench.")
+
+
 def variant(name: str) -> Variant:
     try:
         return _VARIANTS[name]

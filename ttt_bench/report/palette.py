@@ -30,17 +30,20 @@ MARKERS = ("o", "s", "^", "D", "v", "P")
 
 
 class Palette:
-    """A colour per layer, the same in every report: a registered layer keeps the colour of its place in
+    """A colour per layer, the same in every report: a layer ttt-bench ships keeps the colour of its place in
     LEAD_LAYERS and then the registry, from twenty hues that differ on white (the layers reports compare most take
-    tab10's; pale shades are never used, and none is the no-mixer control's dark grey); a layer the registry here
-    does not know (a user's own) takes a colour from a stable hash of its name. The variants and series of one
-    layer share its colour and differ by line style and marker, given in the order they are first drawn."""
+    tab10's; pale shades are never used, and none is the no-mixer control's dark grey); any other layer (a user's
+    own, registered or not) takes a colour from a stable hash of its name. The variants and series of one layer share
+    its colour and differ by line style and marker, given in the order they are first drawn."""
 
     def __init__(self, layer_of: dict[str, str]) -> None:
         self._registered = _distinct_hues()
         self._unregistered = sns.color_palette("dark", 10)
-        order = [name for name in LEAD_LAYERS if name in layers.names()]
-        order += [name for name in layers.names() if name not in order]
+        # Only the layers ttt-bench ships hold places: one a user registers takes its colour from its name, so it
+        # moves no shipped layer's.
+        shipped = [name for name in layers.names() if layers.is_shipped(name)]
+        order = [name for name in LEAD_LAYERS if name in shipped]
+        order += [name for name in shipped if name not in order]
         self._index = {name: index for index, name in enumerate(order)}
         self._layer_of = dict(layer_of)  # variant or series name -> its layer
         self._styles: dict[str, Style] = {}
