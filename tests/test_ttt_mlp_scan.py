@@ -6,17 +6,44 @@ validation, its cost and its memory."""
 import pytest
 import torch
 from checks import RTOL, assert_forms_agree
+from torch.autograd.function import once_differentiable
 
 from ttt_bench.errors import ConfigError
 from ttt_bench.layers import build
 from ttt_bench.layers.base import with_ones
 from ttt_bench.layers.ttt import inner_loop, learners, reference
 from ttt_bench.layers.ttt.layer import TTTLayer
-from ttt_bench.layers.ttt.mlp_scan import MLPCheckpointedScan, MLPLearnerScan
+from ttt_bench.layers.ttt.mlp_scan import MLPCheckpointedScan, _backward, _carries, _forward, _Inputs, _Run
 from ttt_bench.layers.ttt.reconstruction import ViewsReconstruction
 from ttt_bench.profile.memory import measure_peak_bytes
 
 BH, D = 3, 6  # the hidden width is 4 D = 24
+
+
+class MLPLearnerScan(torch.autograd.Function):
+    """(W1 [BH, e1, h], W2 [BH, e2, d], keys X1 [M, BH, b, e1], rated R1 [M, BH, b, e1], prepared [M, BH, b, d],
+    last rates [M, BH, b], weight_sq [BH, 1, d] or None, approximate) -> (starts W1 [M, BH, e1, h], W2
+    [M, BH, e2, d], X2 [M, BH, b, e2], G1 [M, BH, b, h], G2 [M, BH, b, d], final W1, W2): what inner_loop._scan
+    gives, for its batched readout. e_l = input width + 1 with inner biases. The layer runs MLPCheckpointedScan
+    (checkpoint_group = 0 too); this is the scan's two engines alone, so a test sees a gradient on every output."""
+
+    @staticmethod
+    def forward(ctx, w1, w2, keys, rated, prepared, last, weight_sq, approximate):
+        inp = _Inputs(keys, rated, prepared, last, weight_sq, approximate)
+        run = _forward(inp, w1, w2)
+        ctx.approximate = approximate
+        ctx.save_for_backward(keys, rated, prepared, last, weight_sq, *run.saved())
+        return run.starts1, run.starts2, run.x2, run.g1, run.g2, run.final1.clone(), run.final2.clone()
+
+    @staticmethod
+    @once_differentiable  # written with in-place accumulation: a second derivative through it is refused, not wrong
+    def backward(ctx, d_starts1, d_starts2, d_x2, d_g1, d_g2, d_final1, d_final2):
+        keys, rated, prepared, last, weight_sq, *saved = ctx.saved_tensors
+        run = _Run(*saved)
+        carry1, carry2 = _carries(d_final1, d_final2, run.starts1[0], run.starts2[0])
+        grads = _backward(_Inputs(keys, rated, prepared, last, weight_sq, ctx.approximate), run, carry1, carry2,
+                          d_starts1, d_starts2, d_x2, d_g1, d_g2)
+        return carry1, carry2, grads.keys, grads.rated, grads.prepared, grads.last, grads.weight_sq, None
 
 
 def scan_inputs(seed, n_chunks, b, bias, ln, dtype, readout=False):
@@ -75,12 +102,12 @@ def readout_of(learner):
     return lambda q, s, x, g, r: inner_loop._dual_readout(q, s, x, g, learner, r, ViewsReconstruction(None, None))
 
 
-def hand_checkpointed(bias, approximate, group):
+def hand_checkpointed(bias, approximate, group, keep=False):
     def form(w1, w2, k, rated, prepared, last, q, rates, ln_w=None):
         keys = with_ones(k) if bias else k
         readout = readout_of(learners.Learner((bias, bias), approximate))
         return MLPCheckpointedScan.apply(w1, w2, keys, rated, prepared, last, None if ln_w is None else ln_w * ln_w,
-                                         q, rates, approximate, group, readout)
+                                         q, rates, approximate, group, readout, keep)
 
     return form
 
@@ -131,6 +158,14 @@ def test_checkpointed_scan_matches_the_autograd_scan_and_readout(bias, ln, appro
     inputs = scan_inputs(n_chunks * 10 + group, n_chunks, b, bias, ln, torch.float64, readout=True)
     assert_forms_agree(hand_checkpointed(bias, approximate, group), reference_checkpointed(bias, approximate),
                        inputs, RTOL[torch.float64])
+
+
+@pytest.mark.parametrize("bias,ln,approximate,n_chunks,b,group", [CHECKPOINT_CASES[1], CHECKPOINT_CASES[3]])
+def test_kept_groups_match_the_autograd_scan_and_readout(bias, ln, approximate, n_chunks, b, group):
+    """keep (checkpoint_group = 0 in groups): every group's scan and readout graph kept rather than recomputed."""
+    inputs = scan_inputs(n_chunks * 10 + group, n_chunks, b, bias, ln, torch.float64, readout=True)
+    kept = hand_checkpointed(bias, approximate, group, keep=True)
+    assert_forms_agree(kept, reference_checkpointed(bias, approximate), inputs, RTOL[torch.float64])
 
 
 @pytest.mark.parametrize("group", [0, 3])

@@ -30,7 +30,7 @@ from ttt_bench.layers.ttt import learners
 from ttt_bench.layers.ttt.gelu import gelu
 from ttt_bench.layers.ttt.learners import Dense
 from ttt_bench.layers.ttt.linear_scan import LinearLearnerScan
-from ttt_bench.layers.ttt.mlp_scan import MLPCheckpointedScan, MLPLearnerScan
+from ttt_bench.layers.ttt.mlp_scan import KEPT_GROUP, MLPCheckpointedScan
 from ttt_bench.layers.ttt.reconstruction import ViewsReconstruction
 
 
@@ -157,20 +157,15 @@ def _dual_scan(q_part, k_part, t_part, e_part, weights, learner, head, mini_batc
     elif len(weights) == 2 and isinstance(head, ViewsReconstruction):
         w1, w2 = weights
         scan_in = [x.to(w1.dtype) for x in (k_chunks, rated_keys, chunked(t_part), last_rates)]
+        # The readout runs inside, group by group, without the head (a head without LayerNorm reads z out as z);
+        # the head reads the whole output out here. Without checkpoints the groups are kept, not recomputed.
+        readout = lambda q, s, x, g, r: steps.readout(q, s, x, g, learner, r, ViewsReconstruction(None, None))
         with torch.autocast(w1.device.type, enabled=False):  # as LinearLearnerScan above
-            if checkpoint_group:
-                # The readout runs inside, group by group, without the head (a head without LayerNorm reads z out
-                # as z); the head reads the whole output out here.
-                readout = lambda q, s, x, g, r: steps.readout(q, s, x, g, learner, r, ViewsReconstruction(None, None))
-                output, *weights = MLPCheckpointedScan.apply(
-                    w1, w2, *scan_in, head.ln_weight_sq, chunked(q_part).to(w1.dtype), rates.to(w1.dtype),
-                    learner.gelu, checkpoint_group, readout,
-                )
-                return weights, lambda: head.readout(output, q_part)
-            starts1, starts2, x2, g1, g2, *weights = MLPLearnerScan.apply(
-                w1, w2, *scan_in, head.ln_weight_sq, learner.gelu
+            output, *weights = MLPCheckpointedScan.apply(
+                w1, w2, *scan_in, head.ln_weight_sq, chunked(q_part).to(w1.dtype), rates.to(w1.dtype),
+                learner.gelu, checkpoint_group or KEPT_GROUP, readout, not checkpoint_group,
             )
-        stacked = ([starts1, starts2], [k_chunks, x2], [g1, g2])
+        return weights, lambda: head.readout(output, q_part)
     else:
         weights, stacked = _scan(weights, learner, head, k_chunks, rated_keys, chunked(t_part), last_rates, steps.scan)
     return weights, lambda: steps.readout(chunked(q_part), *stacked, learner, rates, head)

@@ -23,6 +23,11 @@ checkpoint_group = c > 0 (MLPCheckpointedScan): the forward scans c mini-batches
 once and keeps only the group's start weights; the backward, group by group in reverse, scans the group again, runs
 its readout again under autograd (a few batched ops: a graph costs little there, and the readout's math stays in one
 place, inner_loop._dual_readout) and then the scan backward above. Per token the stored start weights shrink by c.
+checkpoint_group = 0 runs the same Function in groups of KEPT_GROUP with `keep`: each group's scan and readout graph
+are kept, and the backward takes them rather than recomputing. Groups rather than one scan of all M mini-batches
+because every buffer then stays under the allocator's 32 MB mmap threshold: at N = 4096 the starts alone are 85 MB,
+which came back as fresh pages (a fault per 4 KB written) on every call; a group's buffers are reused memory, and
+without a graph to keep (inference) one set serves every group.
 """
 
 from __future__ import annotations
@@ -34,9 +39,12 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from ttt_bench.layers.ttt.gelu import gelu, gelu_grad2
+from ttt_bench.layers.ttt.linear_scan import _layer_norm_l2_grad
 from ttt_bench.layers.ttt.reconstruction import LN_EPS, layer_norm_backward, layer_norm_l2_grad
 from ttt_bench.layers.ttt.scan_steps import step_views
 
+# checkpoint_group = 0 scans and reads out in groups of this many mini-batches (MLPCheckpointedScan's keep).
+KEPT_GROUP = 32
 # grad * g'(z) (gelu.py's gelu_grad times grad) as one kernel, writing into the scan's buffers.
 _gelu_backward, _gelu_backward_into = torch.ops.aten.gelu_backward, torch.ops.aten.gelu_backward.grad_input
 
@@ -80,23 +88,34 @@ class _Run:
         return self.starts1, self.starts2, self.z1, self.h, self.g1, self.x2, self.z2, self.g2
 
 
-def _forward(inp: _Inputs, w1: torch.Tensor, w2: torch.Tensor, update_last: bool = True) -> _Run:
-    """Scan inp's mini-batches from (W1, W2) [BH, e_l, .]. Without update_last the last step stops at its gradients
-    (a recomputation whose next weights are known)."""
-    n, bh, b, _ = inp.keys.shape
-    hidden, (e2, d) = w1.shape[-1], w2.shape[-2:]
+def _buffers(n: int, b: int, w1: torch.Tensor, w2: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """What a scan of up to n mini-batches writes: both layers' weights [n + 1, BH, e_l, .] (the starts, then the
+    final), Z1, H, G1, X2 (its bias column set), Z2, G2."""
+    bh, hidden, (e2, d) = w1.shape[0], w1.shape[-1], w2.shape[-2:]
     new = lambda *shape: torch.empty(shape, dtype=w1.dtype, device=w1.device)
-    states1, states2 = new(n + 1, *w1.shape), new(n + 1, *w2.shape)
-    z1, h, g1 = (new(n, bh, b, hidden) for _ in range(3))
-    x2, z2, g2 = new(n, bh, b, e2), new(n, bh, b, d), new(n, bh, b, d)
-    rated_g2 = new(bh, b, d)
+    x2 = new(n, bh, b, e2)
+    x2[..., hidden:] = 1.0  # the bias row's input; no-op without inner biases
+    return (new(n + 1, *w1.shape), new(n + 1, *w2.shape), *(new(n, bh, b, hidden) for _ in range(3)), x2,
+            new(n, bh, b, d), new(n, bh, b, d))
+
+
+def _forward(inp: _Inputs, w1: torch.Tensor, w2: torch.Tensor, update_last: bool = True, buffers=None) -> _Run:
+    """Scan inp's mini-batches from (W1, W2) [BH, e_l, .]. Without update_last the last step stops at its gradients
+    (a recomputation whose next weights are known). buffers: _buffers for at least as many mini-batches, written
+    over (the checkpointed scan's groups share one set: freshly allocated ones cost a page fault per 4 KB written)."""
+    n, bh, b, _ = inp.keys.shape
+    hidden = w1.shape[-1]
+    states1, states2, z1, h, g1, x2, z2, g2 = (x[: n + 1] if i < 2 else x[:n] for i, x in enumerate(
+        buffers or _buffers(n, b, w1, w2)))
+    rated_g2 = torch.empty(g2.shape[1:], dtype=g2.dtype, device=g2.device)
     states1[0].copy_(w1)
     states2[0].copy_(w2)
-    x2[..., hidden:] = 1.0  # the bias row's input; no-op without inner biases
     approximate, weight_sq = inp.approximate, inp.weight_sq
     steps = step_views(inp.keys, inp.rated.transpose(-1, -2), inp.prepared, inp.last[..., None], states1, states1[1:],
                    states2, states2[:, :, :hidden].transpose(-1, -2), states2[1:], z1, x2[..., :hidden], x2,
                    x2.transpose(-1, -2), z2, g2, h, g1)
+    # A tracer (fvcore) cannot record LayerNorm's backward op: it gets the same gradient in closed form.
+    l2_grad = layer_norm_l2_grad if torch.jit.is_tracing() else _layer_norm_l2_grad
     bmm, baddbmm = torch.bmm, torch.baddbmm
     for m, (k_m, rated_t_m, p_m, a_m, w1_m, w1_next, w2_m, w2r_t_m, w2_next, z1_m, act_m, x2_m, x2_t_m, z2_m, g2_m,
             h_m, g1_m) in enumerate(steps):
@@ -107,7 +126,7 @@ def _forward(inp: _Inputs, w1: torch.Tensor, w2: torch.Tensor, update_last: bool
         if weight_sq is None:
             torch.sub(z2_m, p_m, out=g2_m)
         else:
-            g2_m.copy_(layer_norm_l2_grad(z2_m, weight_sq, p_m))
+            g2_m.copy_(l2_grad(z2_m, weight_sq, p_m))
         bmm(g2_m, w2r_t_m, out=h_m)
         _gelu_backward_into(h_m, z1_m, approximate=approximate, grad_input=g1_m)
         if m == n - 1 and not update_last:
@@ -143,11 +162,15 @@ def _backward(inp: _Inputs, run: _Run, carry1, carry2, d_starts1, d_starts2, d_x
     curve = run.h * gelu_grad2(run.z1, inp.approximate)  # H g''(Z1)
     rated2 = run.x2 * inp.last[..., None]
     d_rated, p2, d_z1, d_g2_all = new(inp.rated), new(run.x2), new(run.z1), new(run.g2)  # p2 = -dR2, d_rated -dR1
-    d_g1_m, d_h, d_x2_m = new(run.g1[0]), new(run.h[0]), new(run.x2[0])
+    d_g1_m, d_x2_m = new(run.g1[0]), new(run.x2[0])
+    # dH with a zero column for the bias row (X2's width), so that dH W2r and [dH^T G2; 0] take all of W2 and C2:
+    # on their row slices the products fell back to one matmul per batch entry.
+    d_h_wide = torch.zeros(run.x2.shape[1:], dtype=run.x2.dtype, device=run.x2.device)
+    d_h = d_h_wide[..., :hidden]
     weight_sq = inp.weight_sq
     steps = [x.unbind(0) for x in (
         inp.keys.transpose(-1, -2), inp.rated, inp.last[..., None], starts2.transpose(-1, -2),
-        starts2[:, :, :hidden], run.x2.transpose(-1, -2), rated2, run.g1, run.g2, slope, curve, d_rated, p2, d_z1,
+        starts2, run.x2.transpose(-1, -2), rated2, run.g1, run.g2, slope, curve, d_rated, p2, d_z1,
         d_g2_all)]
     steps += [per_step(d, like) for d, like in (
         (d_starts1, starts1), (d_starts2, starts2), (d_x2, run.x2), (d_g1, run.g1), (d_g2, run.g2))]
@@ -159,15 +182,14 @@ def _backward(inp: _Inputs, run: _Run, carry1, carry2, d_starts1, d_starts2, d_x
         # [N; G] r / e side by side, so that both row dots with dG2 take one product and one sum.
         scaled = torch.stack([normed, run.g2], dim=-2) * (inv_std / d)[..., None]
         steps += [x.unbind(0) for x in (run.z2, mean, inv_std, c1, normed, scaled)]
-    carry2_r = carry2[:, :hidden]
     bmm, baddbmm, addcmul = torch.bmm, torch.baddbmm, torch.addcmul
-    for (keys_t_m, rated_m, a_m, w2_t_m, w2r_m, x2_t_m, rated2_m, g1_m, g2_m, slope_m, curve_m, d_rated_m, p2_m,
+    for (keys_t_m, rated_m, a_m, w2_t_m, w2_m, x2_t_m, rated2_m, g1_m, g2_m, slope_m, curve_m, d_rated_m, p2_m,
          d_z1_m, d_g2_m, d_s1_m, d_s2_m, d_x2_in, d_g1_in, d_g2_in, *ln) in zip(*(reversed(x) for x in steps)):
         bmm(g1_m, carry1.transpose(-1, -2), out=d_rated_m)
         baddbmm(d_g1_in, rated_m, carry1, alpha=-1.0, out=d_g1_m)
         bmm(g2_m, carry2.transpose(-1, -2), out=p2_m)
         torch.mul(d_g1_m, slope_m, out=d_h)
-        baddbmm(d_g2_in, rated2_m, carry2, alpha=-1.0, out=d_g2_m).baddbmm_(d_h, w2r_m)
+        baddbmm(d_g2_in, rated2_m, carry2, alpha=-1.0, out=d_g2_m).baddbmm_(d_h_wide, w2_m)
         if weight_sq is None:
             d_z2 = d_g2_m
         else:
@@ -180,8 +202,7 @@ def _backward(inp: _Inputs, run: _Run, carry1, carry2, d_starts1, d_starts2, d_x
         addcmul(d_x2_in, a_m, p2_m, value=-1.0, out=d_x2_m).baddbmm_(d_z2, w2_t_m)
         torch.mul(d_x2_m[..., :hidden], slope_m, out=d_z1_m).addcmul_(d_g1_m, curve_m)
         carry1.add_(d_s1_m).baddbmm_(keys_t_m, d_z1_m)
-        carry2.add_(d_s2_m).baddbmm_(x2_t_m, d_z2)
-        carry2_r.baddbmm_(d_h.transpose(-1, -2), g2_m)
+        carry2.add_(d_s2_m).baddbmm_(x2_t_m, d_z2).baddbmm_(d_h_wide.transpose(-1, -2), g2_m)
 
     d_keys = d_z1 @ starts1.transpose(-1, -2)
     d_last = (p2 * run.x2).sum(-1).neg_()
@@ -197,39 +218,17 @@ def _carries(d_final1, d_final2, w1, w2):
     return carry(d_final1, w1), carry(d_final2, w2)
 
 
-class MLPLearnerScan(torch.autograd.Function):
-    """(W1 [BH, e1, h], W2 [BH, e2, d], keys X1 [M, BH, b, e1], rated R1 [M, BH, b, e1], prepared [M, BH, b, d],
-    last rates [M, BH, b], weight_sq [BH, 1, d] or None, approximate) -> (starts W1 [M, BH, e1, h], W2
-    [M, BH, e2, d], X2 [M, BH, b, e2], G1 [M, BH, b, h], G2 [M, BH, b, d], final W1, W2): what inner_loop._scan
-    gives, for its batched readout. e_l = input width + 1 with inner biases."""
-
-    @staticmethod
-    def forward(ctx, w1, w2, keys, rated, prepared, last, weight_sq, approximate):
-        inp = _Inputs(keys, rated, prepared, last, weight_sq, approximate)
-        run = _forward(inp, w1, w2)
-        ctx.approximate = approximate
-        ctx.save_for_backward(keys, rated, prepared, last, weight_sq, *run.saved())
-        return run.starts1, run.starts2, run.x2, run.g1, run.g2, run.final1.clone(), run.final2.clone()
-
-    @staticmethod
-    @once_differentiable  # written with in-place accumulation: a second derivative through it is refused, not wrong
-    def backward(ctx, d_starts1, d_starts2, d_x2, d_g1, d_g2, d_final1, d_final2):
-        keys, rated, prepared, last, weight_sq, *saved = ctx.saved_tensors
-        run = _Run(*saved)
-        carry1, carry2 = _carries(d_final1, d_final2, run.starts1[0], run.starts2[0])
-        grads = _backward(_Inputs(keys, rated, prepared, last, weight_sq, ctx.approximate), run, carry1, carry2,
-                          d_starts1, d_starts2, d_x2, d_g1, d_g2)
-        return carry1, carry2, grads.keys, grads.rated, grads.prepared, grads.last, grads.weight_sq, None
-
-
 class MLPCheckpointedScan(torch.autograd.Function):
-    """MLPLearnerScan with its readout inside, group by group (module docstring): (W1, W2, keys, rated, prepared,
-    last, weight_sq as there, queries [M, BH, b, d], rates [M, BH, b, b], approximate, group, readout) -> (the
+    """The scan (_forward, _backward) with its readout inside, group by group (module docstring): (W1 [BH, e1, h],
+    W2 [BH, e2, d], keys X1 [M, BH, b, e1], rated R1 [M, BH, b, e1], prepared [M, BH, b, d], last rates [M, BH, b],
+    weight_sq [BH, 1, d] or None, queries [M, BH, b, d], rates [M, BH, b, b], approximate, group, readout, keep) -> (the
     readout's pre-head output [BH, M*b, d], final W1, W2). readout(queries, starts, inputs, grads, rates) is
-    inner_loop's batched readout with the per-layer lists of one group's tensors, and no head."""
+    inner_loop's batched readout with the per-layer lists of one group's tensors, and no head. keep: every group's
+    scan and readout graph kept for the backward rather than recomputed (checkpoint_group = 0, module docstring)."""
 
     @staticmethod
-    def forward(ctx, w1, w2, keys, rated, prepared, last, weight_sq, queries, rates, approximate, group, readout):
+    def forward(ctx, w1, w2, keys, rated, prepared, last, weight_sq, queries, rates, approximate, group, readout,
+                keep=False):
         inp = _Inputs(keys, rated, prepared, last, weight_sq, approximate)
         n, bh, b, _ = keys.shape
         bounds = list(pairwise([*range(0, n, group), n]))
@@ -238,11 +237,22 @@ class MLPCheckpointedScan(torch.autograd.Function):
         firsts1[0].copy_(w1)
         firsts2[0].copy_(w2)
         output = torch.empty((bh, n * b, w2.shape[-1]), dtype=w2.dtype, device=w2.device)
+        keep = keep and any(ctx.needs_input_grad)
+        buffers = None if keep else _buffers(min(group, n), b, w1, w2)
+        ctx.kept = []
         for i, (start, stop) in enumerate(bounds):
-            run = _forward(inp.part(start, stop), firsts1[i], firsts2[i])
-            output[:, start * b : stop * b] = readout(
-                queries[start:stop], [run.starts1, run.starts2], [keys[start:stop], run.x2], [run.g1, run.g2],
-                rates[start:stop])
+            part = inp.part(start, stop)
+            run = _forward(part, firsts1[i], firsts2[i], buffers=buffers)
+            if keep:
+                leaves = _readout_leaves(part, run, queries[start:stop], rates[start:stop])
+                with torch.enable_grad():
+                    z = _read(readout, leaves)
+                ctx.kept.append((run, leaves, z))
+                z = z.detach()
+            else:
+                z = _read(readout, (queries[start:stop], run.starts1, run.starts2, part.keys, run.x2, run.g1, run.g2,
+                                    rates[start:stop]))
+            output[:, start * b : stop * b] = z
             firsts1[i + 1].copy_(run.final1)
             firsts2[i + 1].copy_(run.final2)
         ctx.approximate, ctx.group, ctx.readout = approximate, group, readout
@@ -263,17 +273,19 @@ class MLPCheckpointedScan(torch.autograd.Function):
             new(x) for x in (keys, rated, prepared, last, queries, rates))
         d_weight_sq = None if weight_sq is None else torch.zeros_like(weight_sq)
         bounds = list(pairwise([*range(0, n, ctx.group), n]))
+        buffers = None if ctx.kept else _buffers(min(ctx.group, n), b, firsts1[0], firsts2[0])
         for i, (start, stop) in reversed(list(enumerate(bounds))):
             part = inp.part(start, stop)
-            run = _forward(part, firsts1[i], firsts2[i], update_last=False)
-            leaves = [x.detach().requires_grad_() for x in (
-                queries[start:stop], run.starts1, run.starts2, part.keys, run.x2, run.g1, run.g2, rates[start:stop])]
-            q_g, s1, s2, k_g, x2, g1, g2, r_g = leaves
-            # The readout again as the forward ran it: with a graph, and outside autocast whatever encloses backward.
-            with torch.enable_grad(), torch.autocast(keys.device.type, enabled=False):
-                z = ctx.readout(q_g, [s1, s2], [k_g, x2], [g1, g2], r_g)
-                d_q, d_s1, d_s2, d_k, d_x2, d_g1, d_g2, d_r = torch.autograd.grad(
-                    z, leaves, d_output[:, start * b : stop * b])
+            if ctx.kept:
+                run, leaves, z = ctx.kept.pop()  # popped: each group's buffers and graph go once it is done
+            else:
+                run = _forward(part, firsts1[i], firsts2[i], update_last=False, buffers=buffers)
+                leaves = _readout_leaves(part, run, queries[start:stop], rates[start:stop])
+                # The readout again as the forward ran it: with a graph, outside autocast whatever encloses backward.
+                with torch.enable_grad(), torch.autocast(keys.device.type, enabled=False):
+                    z = _read(ctx.readout, leaves)
+            d_q, d_s1, d_s2, d_k, d_x2, d_g1, d_g2, d_r = torch.autograd.grad(
+                z, leaves, d_output[:, start * b : stop * b])
             grads = _backward(part, run, carry1, carry2, d_s1, d_s2, d_x2, d_g1, d_g2)
             torch.add(grads.keys, d_k, out=d_keys[start:stop])
             d_rated[start:stop], d_prepared[start:stop], d_last[start:stop] = grads.rated, grads.prepared, grads.last
@@ -281,4 +293,16 @@ class MLPCheckpointedScan(torch.autograd.Function):
             if d_weight_sq is not None:
                 d_weight_sq += grads.weight_sq
         return (carry1, carry2, d_keys, d_rated, d_prepared, d_last, d_weight_sq, d_queries, d_rates,
-                None, None, None)
+                None, None, None, None)
+
+
+def _readout_leaves(part: _Inputs, run: _Run, queries, rates) -> list[torch.Tensor]:
+    """A group's readout operands as leaves of a graph of their own (its gradients feed the scan's backward)."""
+    return [x.detach().requires_grad_() for x in (
+        queries, run.starts1, run.starts2, part.keys, run.x2, run.g1, run.g2, rates)]
+
+
+def _read(readout, operands) -> torch.Tensor:
+    """readout on (queries, W1, W2, X1, X2, G1, G2, rates) of one group."""
+    q, s1, s2, x1, x2, g1, g2, r = operands
+    return readout(q, [s1, s2], [x1, x2], [g1, g2], r)
