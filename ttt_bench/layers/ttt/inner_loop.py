@@ -297,8 +297,10 @@ EAGER = Steps(_scan_step, _dual_readout, _primal_accumulate, _primal_read)
 def compiled_steps(**options) -> Steps:
     """Each step compiled once by torch.compile(**options); the loops that call them stay in Python.
 
-    TTT-Linear's scan (LinearLearnerScan) keeps its own step: five ops into preallocated buffers, which a compiled
-    call made slower on the CPU (46 us a step against 36 us eager, at B=1, H=4, d=64, b=16, one thread).
+    The views loss's scans keep their own hand-written steps (linear_scan.py, mlp_scan.py; TTT-MLP's calls the
+    compiled readout per group): a few ops into preallocated buffers, which a compiled call made slower on the CPU
+    (46 us a step against 36 us eager for TTT-Linear's, at B=1, H=4, d=64, b=16, one thread). The compiled scan step
+    serves the other learners (the input loss).
     """
     compiled = lambda f: torch.compile(f, **options)
     return Steps(*(compiled(step) for step in (_scan_step, _dual_readout, _primal_accumulate, _primal_read)))
