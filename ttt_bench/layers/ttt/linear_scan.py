@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from ttt_bench.layers.ttt.reconstruction import LN_EPS, layer_norm_backward, layer_norm_l2_grad
+from ttt_bench.layers.ttt.reconstruction import LN_EPS, layer_norm_backward, scan_layer_norm_l2_grad
 from ttt_bench.layers.ttt.scan_steps import step_views
 
 
@@ -45,10 +45,8 @@ class LinearLearnerScan(torch.autograd.Function):
                 torch.sub(bmm(k_m, w_m), p_m, out=g_m)
                 baddbmm(w_m, rated_t_m, g_m, alpha=-1.0, out=w_next)
         else:
-            # A tracer (fvcore) cannot record LayerNorm's backward op: it gets the same gradient in closed form.
-            grad_of = layer_norm_l2_grad if torch.jit.is_tracing() else _layer_norm_l2_grad
             for k_m, rated_t_m, p_m, g_m, w_m, w_next in steps:
-                g_m.copy_(grad_of(bmm(k_m, w_m), weight_sq, p_m))
+                g_m.copy_(scan_layer_norm_l2_grad(bmm(k_m, w_m), weight_sq, p_m))
                 baddbmm(w_m, rated_t_m, g_m, alpha=-1.0, out=w_next)
         starts, final = states[:n_chunks], states[n_chunks].clone()
         ctx.save_for_backward(keys, rated, prepared, weight_sq, starts, grads)
@@ -101,10 +99,3 @@ class LinearLearnerScan(torch.autograd.Function):
             d_weight_sq = (d_prepared * normed).sum((0, 2))[:, None]
         d_keys = d_z @ starts.transpose(-1, -2)
         return carry, d_keys, d_rated.neg_(), d_prepared, d_weight_sq
-
-
-def _layer_norm_l2_grad(z, weight_sq, prepared):
-    """reconstruction.layer_norm_l2_grad in its three ops, for operands of one dtype outside autograd."""
-    shape = z.shape[-1:]
-    normed, mean, inv_std = torch.native_layer_norm(z, shape, None, None, LN_EPS)
-    return layer_norm_backward(torch.addcmul(prepared, normed, weight_sq), z, shape, mean, inv_std)

@@ -39,8 +39,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from ttt_bench.layers.ttt.gelu import gelu, gelu_grad2
-from ttt_bench.layers.ttt.linear_scan import _layer_norm_l2_grad
-from ttt_bench.layers.ttt.reconstruction import LN_EPS, layer_norm_backward, layer_norm_l2_grad
+from ttt_bench.layers.ttt.reconstruction import LN_EPS, layer_norm_backward, scan_layer_norm_l2_grad
 from ttt_bench.layers.ttt.scan_steps import step_views
 
 # checkpoint_group = 0 scans and reads out in groups of this many mini-batches (MLPCheckpointedScan's keep).
@@ -114,8 +113,6 @@ def _forward(inp: _Inputs, w1: torch.Tensor, w2: torch.Tensor, update_last: bool
     steps = step_views(inp.keys, inp.rated.transpose(-1, -2), inp.prepared, inp.last[..., None], states1, states1[1:],
                    states2, states2[:, :, :hidden].transpose(-1, -2), states2[1:], z1, x2[..., :hidden], x2,
                    x2.transpose(-1, -2), z2, g2, h, g1)
-    # A tracer (fvcore) cannot record LayerNorm's backward op: it gets the same gradient in closed form.
-    l2_grad = layer_norm_l2_grad if torch.jit.is_tracing() else _layer_norm_l2_grad
     bmm, baddbmm = torch.bmm, torch.baddbmm
     for m, (k_m, rated_t_m, p_m, a_m, w1_m, w1_next, w2_m, w2r_t_m, w2_next, z1_m, act_m, x2_m, x2_t_m, z2_m, g2_m,
             h_m, g1_m) in enumerate(steps):
@@ -126,7 +123,7 @@ def _forward(inp: _Inputs, w1: torch.Tensor, w2: torch.Tensor, update_last: bool
         if weight_sq is None:
             torch.sub(z2_m, p_m, out=g2_m)
         else:
-            g2_m.copy_(l2_grad(z2_m, weight_sq, p_m))
+            g2_m.copy_(scan_layer_norm_l2_grad(z2_m, weight_sq, p_m))
         bmm(g2_m, w2r_t_m, out=h_m)
         _gelu_backward_into(h_m, z1_m, approximate=approximate, grad_input=g1_m)
         if m == n - 1 and not update_last:

@@ -49,6 +49,16 @@ def layer_norm_l2_grad(z: torch.Tensor, weight_sq: torch.Tensor, prepared: torch
     return layer_norm_backward(grad_normed, z, shape, mean.detach(), inv_std.detach())
 
 
+def scan_layer_norm_l2_grad(z: torch.Tensor, weight_sq: torch.Tensor, prepared: torch.Tensor) -> torch.Tensor:
+    """layer_norm_l2_grad in three ops, for a hand-written scan's step (operands of one dtype, outside autograd);
+    under a tracer (fvcore), which cannot record LayerNorm's backward op, layer_norm_l2_grad's closed form."""
+    if torch.jit.is_tracing():
+        return layer_norm_l2_grad(z, weight_sq, prepared)
+    shape = z.shape[-1:]
+    normed, mean, inv_std = torch.native_layer_norm(z, shape, None, None, LN_EPS)
+    return layer_norm_backward(torch.addcmul(prepared, normed, weight_sq), z, shape, mean, inv_std)
+
+
 _NATIVE_LAYER_NORM_BACKWARD = torch.ops.aten.native_layer_norm_backward.default
 _INPUT_GRAD_ONLY = [True, False, False]
 
