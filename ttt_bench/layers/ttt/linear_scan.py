@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from ttt_bench.layers.ttt.reconstruction import LN_EPS, layer_norm_backward, scan_layer_norm_l2_grad
+from ttt_bench.layers.ttt.reconstruction import LayerNormL2Backward, scan_layer_norm_l2_grad
 from ttt_bench.layers.ttt.scan_steps import step_views
 
 
@@ -65,17 +65,9 @@ class LinearLearnerScan(torch.autograd.Function):
                     d_g.unbind(0), d_z.unbind(0), zeros(starts) if d_starts is None else d_starts.unbind(0),
                     zeros(grads) if d_grads is None else d_grads.unbind(0)]
         if weight_sq is not None:
-            # The LayerNorm-L2 gradient's vector-Jacobian product (module docstring) with LNB linear per row:
-            # LNB(dN) = LNB(dA s) - c1 LNB(dG) - c2 LNB(A) = LNB(dA s) - c1 dA - c2 G. Every factor that does not
-            # depend on the carry is made here, for all mini-batches at once.
-            z = keys @ starts  # [M, BH, b, d], recomputed rather than kept from forward
-            shape = z.shape[-1:]
-            normed, mean, inv_std = torch.native_layer_norm(z, shape, None, None, LN_EPS)
-            a = torch.addcmul(prepared, normed, weight_sq)  # weight_sq [BH, 1, d] against [M, BH, b, d]
-            c1 = inv_std * (a * normed).mean(-1, keepdim=True)
-            scale = inv_std / shape[0]
-            per_step += [x.unbind(0) for x in (z, mean, inv_std, c1, normed, normed * scale, grads * scale)]
-        bmm, baddbmm, addcmul = torch.bmm, torch.baddbmm, torch.addcmul
+            ln = LayerNormL2Backward(keys @ starts, prepared, weight_sq, grads)  # Z recomputed, not kept from forward
+            per_step += ln.per_step
+        bmm, baddbmm = torch.bmm, torch.baddbmm
         for keys_t_m, rated_m, g_m, d_rated_m, d_g_m, d_z_m, d_start_m, d_grad_m, *normalised in zip(
             *(reversed(x) for x in per_step)
         ):
@@ -84,18 +76,12 @@ class LinearLearnerScan(torch.autograd.Function):
             if weight_sq is None:  # G = Z - P
                 d_z_m.copy_(d_g_m)
             else:
-                z_m, mean_m, inv_std_m, c1_m, n_m, n_scaled_m, g_scaled_m = normalised
-                d_a = layer_norm_backward(d_g_m, z_m, shape, mean_m, inv_std_m)
-                t = layer_norm_backward(d_a * weight_sq, z_m, shape, mean_m, inv_std_m)
-                c2, c3 = (d_g_m * n_scaled_m).sum(-1, keepdim=True), (d_g_m * g_scaled_m).sum(-1, keepdim=True)
-                addcmul(addcmul(addcmul(t, c1_m, d_a, value=-1.0), c2, g_m, value=-1.0), c3, n_m, value=-1.0,
-                        out=d_z_m)
+                ln.step(d_g_m, g_m, *normalised, out=d_z_m)
             carry.add_(d_start_m).baddbmm_(keys_t_m, d_z_m)
 
         if weight_sq is None:
             d_prepared, d_weight_sq = d_g.neg_(), None
         else:
-            d_prepared = layer_norm_backward(d_g, z, shape, mean, inv_std)  # dA, for all mini-batches at once
-            d_weight_sq = (d_prepared * normed).sum((0, 2))[:, None]
+            d_prepared, d_weight_sq = ln.input_grads(d_g)
         d_keys = d_z @ starts.transpose(-1, -2)
         return carry, d_keys, d_rated.neg_(), d_prepared, d_weight_sq

@@ -15,9 +15,7 @@ Only the chain from C to C runs in the loop; g'(Z1), H g''(Z1), R2 are made for 
 dX1, da, dP, ds after it, as linear_scan.py does. Z1, H and Z2 are kept from the forward (4 + 4 + 1 floats per
 token and head dim) rather than recomputed with matmuls.
 
-With LayerNorm (as linear_scan.py): G2 = LNB(A), A = P + N s, N = LN(Z2), s = w^2, r = 1 / std(Z2), and for dG2
-    dA = LNB(dG2),   dZ2 = LNB(dA s) - r mean(A N) dA - (r / e) sum(dG2 N) G2 - (r / e) sum(dG2 G2) N
-(LNB is linear per row, LNB(dG2) = dA and LNB(A) = G2), and dP = dA, ds = sum(dA N).
+With LayerNorm, dZ2 from dG2 is reconstruction.LayerNormL2Backward's, as in linear_scan.py.
 
 checkpoint_group = c > 0 (MLPCheckpointedScan): the forward scans c mini-batches at a time, reads each group out at
 once and keeps only the group's start weights; the backward, group by group in reverse, scans the group again, runs
@@ -39,7 +37,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from ttt_bench.layers.ttt.gelu import gelu, gelu_grad2
-from ttt_bench.layers.ttt.reconstruction import LN_EPS, layer_norm_backward, scan_layer_norm_l2_grad
+from ttt_bench.layers.ttt.reconstruction import LayerNormL2Backward, scan_layer_norm_l2_grad
 from ttt_bench.layers.ttt.scan_steps import step_views
 
 # checkpoint_group = 0 scans and reads out in groups of this many mini-batches (MLPCheckpointedScan's keep).
@@ -148,7 +146,7 @@ def _backward(inp: _Inputs, run: _Run, carry1, carry2, d_starts1, d_starts2, d_x
     """The VJP of `_forward` over inp's mini-batches (module docstring). carry_l: dL/dW_l after the last mini-batch,
     turned in place into dL/dW_l before the first; d_*: the gradients of run's starts, X2 and G_l [L, ...] or None."""
     n, bh, b, _ = inp.keys.shape
-    hidden, d = run.h.shape[-1], run.g2.shape[-1]
+    hidden = run.h.shape[-1]
     starts1, starts2 = run.starts1, run.starts2
     new = lambda like: torch.empty(like.shape, dtype=like.dtype, device=like.device)
     zeros = lambda like: [torch.zeros(like.shape[1:], dtype=like.dtype, device=like.device)] * n
@@ -172,30 +170,17 @@ def _backward(inp: _Inputs, run: _Run, carry1, carry2, d_starts1, d_starts2, d_x
     steps += [per_step(d, like) for d, like in (
         (d_starts1, starts1), (d_starts2, starts2), (d_x2, run.x2), (d_g1, run.g1), (d_g2, run.g2))]
     if weight_sq is not None:
-        shape = run.z2.shape[-1:]
-        normed, mean, inv_std = torch.native_layer_norm(run.z2, shape, None, None, LN_EPS)
-        a = torch.addcmul(inp.prepared, normed, weight_sq)
-        c1 = inv_std * (a * normed).mean(-1, keepdim=True)
-        # [N; G] r / e side by side, so that both row dots with dG2 take one product and one sum.
-        scaled = torch.stack([normed, run.g2], dim=-2) * (inv_std / d)[..., None]
-        steps += [x.unbind(0) for x in (run.z2, mean, inv_std, c1, normed, scaled)]
+        ln = LayerNormL2Backward(run.z2, inp.prepared, weight_sq, run.g2)
+        steps += ln.per_step
     bmm, baddbmm, addcmul = torch.bmm, torch.baddbmm, torch.addcmul
     for (keys_t_m, rated_m, a_m, w2_t_m, w2_m, x2_t_m, rated2_m, g1_m, g2_m, slope_m, curve_m, d_rated_m, p2_m,
-         d_z1_m, d_g2_m, d_s1_m, d_s2_m, d_x2_in, d_g1_in, d_g2_in, *ln) in zip(*(reversed(x) for x in steps)):
+         d_z1_m, d_g2_m, d_s1_m, d_s2_m, d_x2_in, d_g1_in, d_g2_in, *normalised) in zip(*(reversed(x) for x in steps)):
         bmm(g1_m, carry1.transpose(-1, -2), out=d_rated_m)
         baddbmm(d_g1_in, rated_m, carry1, alpha=-1.0, out=d_g1_m)
         bmm(g2_m, carry2.transpose(-1, -2), out=p2_m)
         torch.mul(d_g1_m, slope_m, out=d_h)
         baddbmm(d_g2_in, rated2_m, carry2, alpha=-1.0, out=d_g2_m).baddbmm_(d_h_wide, w2_m)
-        if weight_sq is None:
-            d_z2 = d_g2_m
-        else:
-            z_m, mean_m, inv_std_m, c1_m, n_m, scaled_m = ln
-            d_a = layer_norm_backward(d_g2_m, z_m, shape, mean_m, inv_std_m)
-            dots = (d_g2_m[..., None, :] * scaled_m).sum(-1)  # [BH, b, 2]: (r / e) sum(dG2 N), (r / e) sum(dG2 G2)
-            d_z2 = layer_norm_backward(d_a * weight_sq, z_m, shape, mean_m, inv_std_m)
-            addcmul(addcmul(addcmul(d_z2, c1_m, d_a, value=-1.0), dots[..., :1], g2_m, value=-1.0), dots[..., 1:], n_m,
-                    value=-1.0, out=d_z2)
+        d_z2 = d_g2_m if weight_sq is None else ln.step(d_g2_m, g2_m, *normalised)
         addcmul(d_x2_in, a_m, p2_m, value=-1.0, out=d_x2_m).baddbmm_(d_z2, w2_t_m)
         torch.mul(d_x2_m[..., :hidden], slope_m, out=d_z1_m).addcmul_(d_g1_m, curve_m)
         carry1.add_(d_s1_m).baddbmm_(keys_t_m, d_z1_m)
@@ -205,8 +190,8 @@ def _backward(inp: _Inputs, run: _Run, carry1, carry2, d_starts1, d_starts2, d_x
     d_last = (p2 * run.x2).sum(-1).neg_()
     if weight_sq is None:
         return _Grads(d_keys, d_rated.neg_(), d_g2_all.neg_(), d_last, None)
-    d_prepared = layer_norm_backward(d_g2_all, run.z2, shape, mean, inv_std)  # dA, for all mini-batches at once
-    return _Grads(d_keys, d_rated.neg_(), d_prepared, d_last, (d_prepared * normed).sum((0, 2))[:, None])
+    d_prepared, d_weight_sq = ln.input_grads(d_g2_all)
+    return _Grads(d_keys, d_rated.neg_(), d_prepared, d_last, d_weight_sq)
 
 
 def _carries(d_final1, d_final2, w1, w2):

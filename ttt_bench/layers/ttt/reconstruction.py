@@ -69,6 +69,38 @@ def layer_norm_backward(grad, z, shape, mean, inv_std):
     return _NATIVE_LAYER_NORM_BACKWARD(grad, z, shape, mean, inv_std, None, None, _INPUT_GRAD_ONLY)[0]
 
 
+
+class LayerNormL2Backward:
+    """The vector-Jacobian product of layer_norm_l2_grad for a hand-written scan's mini-batches (linear_scan.py,
+    mlp_scan.py). With G = LNB(A), A = P + N s, N = LN(Z), r = 1 / std(Z), e the width and LNB linear per row
+    (LNB(dG) = dA, LNB(A) = G), for an incoming dG:
+        dA = LNB(dG),   dZ = LNB(dA s) - r mean(A N) dA - (r / e) sum(dG N) G - (r / e) sum(dG G) N,
+    and dP = dA, ds = sum(dA N). Every factor that does not depend on dG is made here for all mini-batches
+    [M, ...] at once; `per_step` are their per-mini-batch views, which `step` takes after the step's dG and G."""
+
+    def __init__(self, z: torch.Tensor, prepared: torch.Tensor, weight_sq: torch.Tensor, grads: torch.Tensor) -> None:
+        self.z, self.weight_sq, self.shape = z, weight_sq, z.shape[-1:]
+        self.normed, self.mean, self.inv_std = torch.native_layer_norm(z, self.shape, None, None, LN_EPS)
+        a = torch.addcmul(prepared, self.normed, weight_sq)  # weight_sq [BH, 1, d] against [M, BH, b, d]
+        c1 = self.inv_std * (a * self.normed).mean(-1, keepdim=True)
+        # [N; G] r / e side by side, so that both row dots with dG take one product and one sum.
+        scaled = torch.stack([self.normed, grads], dim=-2) * (self.inv_std / self.shape[0])[..., None]
+        self.per_step = [x.unbind(0) for x in (z, self.mean, self.inv_std, c1, self.normed, scaled)]
+
+    def step(self, d_g, g, z, mean, inv_std, c1, normed, scaled, out: torch.Tensor | None = None) -> torch.Tensor:
+        """dZ of one mini-batch from its dG and G (and its per_step views), into `out` if given."""
+        d_a = layer_norm_backward(d_g, z, self.shape, mean, inv_std)
+        dots = (d_g[..., None, :] * scaled).sum(-1)  # [BH, b, 2]: (r / e) sum(dG N), (r / e) sum(dG G)
+        d_z = layer_norm_backward(d_a * self.weight_sq, z, self.shape, mean, inv_std)
+        addcmul = torch.addcmul
+        return addcmul(addcmul(addcmul(d_z, c1, d_a, value=-1.0), dots[..., :1], g, value=-1.0), dots[..., 1:],
+                       normed, value=-1.0, out=d_z if out is None else out)
+
+    def input_grads(self, d_g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(dP, ds) from every mini-batch's dG [M, ...] at once."""
+        d_prepared = layer_norm_backward(d_g, self.z, self.shape, self.mean, self.inv_std)
+        return d_prepared, (d_prepared * self.normed).sum((0, 2))[:, None]
+
 class ViewsReconstruction:
     """f(k) = k + LN(f_res(k)) ~ v (ln_residual) or f_res(k) ~ v; the target passed in is v - k or v."""
 
