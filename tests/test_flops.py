@@ -27,6 +27,11 @@ KNOB_CASES = [
     ("ttt-mlp-primal", dict(learn_w0=False)),
     ("mttt-mlp", dict(learn_w0=False, inner_steps=3, inner_sgd=True)),
     ("mttt-linear", dict(inner_steps=2)),
+    ("ttt-mlp", dict(learner="swiglu")),
+    ("ttt-mlp-primal", dict(learner="swiglu", inner_bias=False)),
+    ("lact-swiglu", dict(mini_batch=37)),  # N = 37: one complete chunk, whose update only makes the final weights
+    ("lact-swiglu", dict(mini_batch=2048, newton_schulz_steps=0)),  # nothing trains: W0 read throughout
+    ("lact-swiglu", dict(form="primal", learner="linear", weight_norm=False)),
     ("delta-rule", dict(chunk_size=16)),
     ("linear-attention-causal", dict(chunk_size=16)),
 ]

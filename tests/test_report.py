@@ -538,6 +538,6 @@ def test_the_layers_reports_compare_most_take_distinct_strong_colours():
     assert len(set(lead)) == len(lead)
     shipped = [name for name in layers.names() if layers.is_shipped(name)]
     every = {palette.layer_colour(name) for name in shipped if name != CONTROL_LAYER}
-    assert len(every) == len(shipped) - 1  # twenty hues: no two of the shipped layers share one
+    assert len(every) == len(shipped) - 1  # 25 hues: no two of the shipped layers share one
     luminance = lambda c: 0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2]
     assert all(luminance(c) <= 0.7 and max(c) - min(c) >= 0.1 for c in every)  # no pale shade, no grey

@@ -58,6 +58,8 @@ CAUSAL_CASES = [
     ("mlp", False, False, True, 5, 23),
     ("linear", True, True, True, 16, 500),
     ("mlp", True, True, True, 16, 500),
+    ("swiglu", True, True, True, 16, 63),
+    ("swiglu", False, True, False, 5, 23),
 ]
 
 

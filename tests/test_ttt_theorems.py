@@ -91,3 +91,36 @@ def test_e5_dual_equals_primal_with_official_semantics(learner):
     assert dual.config.learn_eta and dual.config.token_index_scale and dual.config.ln_residual
     out_dual, out_primal = run_both(dual, primal, 75)
     assert_rel_close(out_dual, out_primal, RTOL[torch.float64], "dual vs primal")
+
+
+@pytest.mark.parametrize("form", ["dual", "primal"])
+def test_e6_titans_without_momentum_or_forgetting_is_ttt_mlp_without_the_token_scale(form):
+    """Titans' update with mu_t = 0 and alpha_t = 0 (their gates' biases at -inf: sigmoid gives exactly 0) is TTT's
+    mini-batch GD step without the 1/i scale, through the whole layer."""
+    titans = build("titans-mlp", d_model=D_MODEL, n_heads=HEADS, form=form).double()
+    ttt = build("ttt-mlp", d_model=D_MODEL, n_heads=HEADS, token_index_scale=False, form=form).double()
+    missing = ttt.load_state_dict(titans.state_dict(), strict=False)
+    gates = {f"to_{gate}.{p}" for gate in ("momentum", "forget") for p in ("weight", "bias")}
+    assert set(missing.unexpected_keys) == gates
+    with torch.no_grad():
+        for gate in (titans.to_momentum, titans.to_forget):
+            gate.weight.zero_()
+            gate.bias.fill_(-math.inf)
+    out_titans, out_ttt = run_both(titans, ttt, 45)
+    assert_rel_close(out_titans, out_ttt, RTOL[torch.float64], "Titans (mu = alpha = 0) vs TTT-MLP without 1/i")
+
+
+def test_e7_lact_chunks_of_one_without_orthogonalisation_are_ttt_linear_read_one_token_late():
+    """LaCT with newton_schulz_steps = 0, no weight norm, b = 1 and a linear learner: its state after every token is
+    TTT-Linear's (b = 1, whose token reads its own update), and token t reads the weights before its own update
+    (tests/test_ttt_muon.py holds the outputs one token apart). Here through the layers' decode API."""
+    lact = build("lact-swiglu", d_model=D_MODEL, n_heads=HEADS, learner="linear", mini_batch=1,
+                 newton_schulz_steps=0, weight_norm=False).double()
+    ttt = build("ttt-linear", d_model=D_MODEL, n_heads=HEADS, mini_batch=1, inner_bias=False).double()
+    ttt.load_state_dict(lact.state_dict())
+    torch.manual_seed(3)
+    x = torch.randn(2, 30, D_MODEL, dtype=torch.float64)
+    lact_state, ttt_state = lact.prefill(x[:, :1])[1], ttt.prefill(x[:, :1])[1]
+    for t in range(1, 30):
+        assert_rel_close(lact_state.weights[0], ttt_state.weights[0], 1e-12, f"the inner weights after {t} tokens")
+        lact_state, ttt_state = lact.step(x[:, t : t + 1], lact_state)[1], ttt.step(x[:, t : t + 1], ttt_state)[1]

@@ -44,12 +44,12 @@ _NOT_MATMUL_UNTAGGED = frozenset({
     "view", "expand", "expand_as", "transpose", "permute",
     "t", "select", "slice", "squeeze", "unsqueeze", "narrow", "tensor_split", "unsafe_split", "alias",
     # masking and running sums
-    "tril", "triu", "masked_fill", "cumsum",
+    "tril", "triu", "masked_fill", "cumsum", "cumprod",
     # normalisations, softmax, activations and their backward ops (elementwise plus row reductions)
     "softmax", "_softmax", "_softmax_backward_data", "log_softmax", "_log_softmax", "_log_softmax_backward_data",
     "layer_norm", "native_layer_norm", "native_layer_norm_backward", "linalg_vector_norm", "normalize",
     "elu", "elu_backward", "gelu", "gelu_backward", "sigmoid", "sigmoid_backward", "silu", "silu_backward",
-    "threshold_backward",
+    "softplus", "softplus_backward", "threshold_backward",
     # scalar plumbing in traced graphs
     "Int", "ScalarImplicit", "size", "floor_divide", "remainder", "reciprocal",
 })

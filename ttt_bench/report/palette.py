@@ -24,17 +24,18 @@ class Style:
 LINE_STYLES = ("-", "--", ":", "-.")
 # The layers most reports put side by side, first: they take the strongest, most distinct colours.
 LEAD_LAYERS = ("ttt-linear", "ttt-mlp", "linear-attention-causal", "attention-sdpa-causal", "delta-rule",
-               "fast-weights", "attention-naive-causal", "ttt-kernel", "mttt-linear", "mttt-mlp")
+               "fast-weights", "attention-naive-causal", "ttt-kernel", "mttt-linear", "mttt-mlp", "gated-delta-rule",
+               "titans-mlp", "lact-swiglu")
 CONTROL_COLOUR = (0.3, 0.3, 0.3)
 MARKERS = ("o", "s", "^", "D", "v", "P")
 
 
 class Palette:
     """A colour per layer, the same in every report: a layer ttt-bench ships keeps the colour of its place in
-    LEAD_LAYERS and then the registry, from twenty hues that differ on white (the layers reports compare most take
-    tab10's; pale shades are never used, and none is the no-mixer control's dark grey); any other layer (a user's
-    own, registered or not) takes a colour from a stable hash of its name. The variants and series of one layer share
-    its colour and differ by line style and marker, given in the order they are first drawn."""
+    LEAD_LAYERS and then the registry, from 25 hues that differ on white and from each other (the layers reports
+    compare most take tab10's; pale shades are never used, and none is the no-mixer control's dark grey); any other
+    layer (a user's own, registered or not) takes a colour from a stable hash of its name. The variants and series of
+    one layer share its colour and differ by line style and marker, given in the order they are first drawn."""
 
     def __init__(self, layer_of: dict[str, str]) -> None:
         self._registered = _distinct_hues()
@@ -76,11 +77,17 @@ class Palette:
 
 
 def _distinct_hues() -> list[tuple[float, float, float]]:
-    """Twenty colours that read on white: tab10, Dark2 and Set1 in that order, without their greys (the control's
-    hue) and light shades such as yellow (luminance above 0.7)."""
+    """25 colours that read on white: tab10, Dark2, Set1, Paired and husl in that order, without their greys (the
+    control's hue), light shades such as yellow (luminance above 0.7) and near-repeats (within 0.15 in RGB of one
+    taken before: Set1 and Paired repeat most of tab10)."""
     readable = lambda c: max(c) - min(c) >= 0.1 and 0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2] <= 0.7
-    candidates = sns.color_palette("tab10", 10) + sns.color_palette("Dark2", 8) + sns.color_palette("Set1", 9)
-    return [c for c in candidates if readable(c)][:20]
+    apart = lambda c, taken: all(sum((a - b) ** 2 for a, b in zip(c, t)) ** 0.5 > 0.15 for t in taken)
+    hues: list[tuple[float, float, float]] = []
+    for c in (sns.color_palette("tab10", 10) + sns.color_palette("Dark2", 8) + sns.color_palette("Set1", 9)
+              + sns.color_palette("Paired", 12) + sns.color_palette("husl", 12)):
+        if readable(c) and apart(c, hues):
+            hues.append(c)
+    return hues
 
 
 def palette_of(frame: pd.DataFrame) -> Palette:

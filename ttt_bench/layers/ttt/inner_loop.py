@@ -27,7 +27,6 @@ import torch
 
 from ttt_bench.layers.base import with_ones
 from ttt_bench.layers.ttt import learners
-from ttt_bench.layers.ttt.gelu import gelu
 from ttt_bench.layers.ttt.learners import Dense
 from ttt_bench.layers.ttt.linear_scan import LinearLearnerScan
 from ttt_bench.layers.ttt.mlp_scan import KEPT_GROUP, MLPCheckpointedScan
@@ -154,7 +153,7 @@ def _dual_scan(q_part, k_part, t_part, e_part, weights, learner, head, mini_batc
                 w0, *(x.to(w0.dtype) for x in (k_chunks, rated_keys, chunked(t_part))), head.ln_weight_sq
             )
         weights, stacked = [final], ([starts], [k_chunks], [grads])
-    elif len(weights) == 2 and isinstance(head, ViewsReconstruction):
+    elif len(weights) == 2 and isinstance(head, ViewsReconstruction) and not learner.gated:
         w1, w2 = weights
         scan_in = [x.to(w1.dtype) for x in (k_chunks, rated_keys, chunked(t_part), last_rates)]
         # The readout runs inside, group by group, without the head (a head without LayerNorm reads z out as z);
@@ -236,7 +235,7 @@ def _dual_readout(q_chunks: torch.Tensor, starts, inputs, grads, learner, rates:
     x_bar, z_bar = q_chunks, None  # z_bar: the previous layer's pre-activation, the next layer's input
     for layer, (w, x, g, has_bias) in enumerate(zip(starts, inputs, grads, learner.biased)):
         if layer:
-            x_bar = gelu(z_bar, learner.gelu)
+            x_bar = learners.activate(z_bar, learner)
         x_bar = with_ones(x_bar) if has_bias else x_bar
         z_bar = x_bar @ w - (rates * (x_bar @ x.transpose(-1, -2))) @ g
     # The head's per-head parameters are [BH, 1, e]: read out on [BH, N, e], not on the chunked view.

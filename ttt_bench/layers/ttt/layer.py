@@ -26,11 +26,16 @@ from ttt_bench.layers import attention
 from ttt_bench.layers.base import LayerCost, MixerConfig, SequenceMixer, autograd_backward_macs, projection_macs
 from ttt_bench.layers.registry import register
 from ttt_bench.layers.state import DecodeState
-from ttt_bench.layers.ttt import inner_loop, learners, reference
+from ttt_bench.layers.ttt import inner_loop, learners, momentum, muon, reference
 from ttt_bench.layers.ttt.gelu import APPROXIMATIONS
+from ttt_bench.layers.ttt.inner_loop import Pending
 from ttt_bench.layers.ttt.reconstruction import LN_EPS, InputReconstruction, ViewsReconstruction
 
 W0_INIT_STD = 0.02
+INNER_OPTIMIZERS = ("gd", "momentum", "muon")
+NEWTON_SCHULZ_STEPS = 5  # Muon's and LaCT's
+# A forgetting gate starts near remembering everything: sigmoid(-5) = 0.7% forgotten per token.
+FORGET_BIAS_INIT = -5.0
 
 
 @dataclass
@@ -44,10 +49,22 @@ class TTTState(DecodeState):
 
 
 @dataclass
+class TTTMomentumState(DecodeState):
+    """A causal TTT layer with Titans' update between tokens, per dense layer [B, H, d_in (+ 1), d_out]: the mini-batch
+    in progress takes its gradients at `anchor` (its start weights); `weights` is W_t and `velocity` S_t (empty
+    without momentum)."""
+
+    anchor: list[torch.Tensor]
+    weights: list[torch.Tensor]
+    velocity: list[torch.Tensor]
+
+
+@dataclass
 class TTTConfig(MixerConfig):
     learner: str = knob(
         "linear",
-        "inner learner f_res: 'linear' (d -> d), 'mlp' (d -> 4d GELU -> d), 'kernel' (Nadaraya-Watson, exp(k.q))",
+        "inner learner f_res: 'linear' (d -> d), 'mlp' (d -> 4d GELU -> d), 'swiglu' (d -> silu(x W_g) * x W_v -> d, "
+        "hidden d; LaCT's), 'kernel' (Nadaraya-Watson, exp(k.q))",
     )
     causal: bool = knob(
         True, "True: mini-batch inner GD over the prefix (TTT); False: inner GD over the whole sequence (MTTT)",
@@ -83,6 +100,22 @@ class TTTConfig(MixerConfig):
         False, "LayerNorm over the full width (eps 1e-6, learned affine) before the output projection, as the "
         "official TTT layers apply",
     )
+    inner_optimizer: str = knob(
+        "gd", "causal inner update: 'gd' (TTT's mini-batch GD), 'momentum' (Titans: S_t = mu_t S_{t-1} - eta_t "
+        "grad_t, W_t = W_{t-1} + S_t, mu_t learned per head and token) or 'muon' (LaCT: each mini-batch reads its "
+        "start weights, then W <- W - NS(sum of its rated gradients), Newton-Schulz orthogonalised)",
+    )
+    forget_gate: bool = knob(
+        False, "Titans' forgetting: W_t = (1 - alpha_t) W_{t-1} + update, alpha_t = sigmoid(theta_alpha x_t + b) "
+        "learned per head and token ('gd' or 'momentum')",
+    )
+    newton_schulz_steps: int = knob(
+        NEWTON_SCHULZ_STEPS,
+        "'muon': Newton-Schulz steps orthogonalising each mini-batch's update (0: the summed gradient as it is)",
+    )
+    weight_norm: bool = knob(
+        False, "'muon': after each update rescale every output unit's inner weights to their norm in W0 (LaCT's)",
+    )
     checkpoint_group: int = knob(
         0, "causal dual TTT-MLP: keep the inner weights of every c-th mini-batch only and scan and read each group "
         "of c again in the backward (less memory, more time); 0 keeps every mini-batch's",
@@ -95,7 +128,9 @@ class TTTConfig(MixerConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         name = "ttt"
-        check_choice(name, "learner", self.learner, ["linear", "mlp", "kernel"])
+        check_choice(name, "learner", self.learner, ["linear", "mlp", "swiglu", "kernel"])
+        check_choice(name, "inner_optimizer", self.inner_optimizer, list(INNER_OPTIMIZERS))
+        check_integer(name, "newton_schulz_steps", self.newton_schulz_steps, 0)
         check_choice(name, "reconstruction", self.reconstruction, ["views", "input"])
         check_choice(name, "form", self.form, ["dual", "primal"])
         check_choice(name, "compile_scope", self.compile_scope, ["step", "whole"])
@@ -105,7 +140,7 @@ class TTTConfig(MixerConfig):
         check_integer(name, "inner_steps", self.inner_steps, 1)
         check_positive(name, "eta_base", self.eta_base)
         for field in ("causal", "inner_sgd", "learn_eta", "eta_over_head_dim", "token_index_scale",
-                      "learn_w0", "inner_bias", "ln_residual", "post_norm"):
+                      "learn_w0", "inner_bias", "ln_residual", "post_norm", "forget_gate", "weight_norm"):
             check_choice(name, field, getattr(self, field), [True, False])
         if self.causal and (self.inner_steps != 1 or self.inner_sgd):
             raise ConfigError(
@@ -128,6 +163,7 @@ class TTTConfig(MixerConfig):
                 f"{name}: checkpoint_group={self.checkpoint_group} needs learner='mlp', reconstruction='views', "
                 "causal=True and form='dual'; only that scan keeps every mini-batch's inner weights (leave it 0)"
             )
+        self._check_inner_update(name)
         if self.learner == "kernel" and (self.reconstruction != "views" or self.ln_residual):
             raise ConfigError(
                 f"{name}: learner='kernel' needs reconstruction='views' and ln_residual=False; "
@@ -135,11 +171,59 @@ class TTTConfig(MixerConfig):
             )
 
 
+    @property
+    def titans(self) -> bool:
+        """Titans' update (momentum.py): momentum or a forgetting gate."""
+        return self.inner_optimizer == "momentum" or self.forget_gate
+
+    @property
+    def steps_compile(self) -> bool:
+        """Whether compile_forms can compile one step of the loops (inner_loop.Steps): TTT's GD only."""
+        return self.inner_optimizer == "gd" and not self.forget_gate
+
+    def _check_inner_update(self, name: str) -> None:
+        """The learners and optimizers beyond TTT's own run the causal views loop only (momentum.py, muon.py)."""
+        beyond = self.titans or self.inner_optimizer == "muon" or self.learner == "swiglu"
+        causal_views = self.causal and self.reconstruction == "views" and self.learner != "kernel"
+        if beyond and not causal_views:
+            raise ConfigError(
+                f"{name}: learner={self.learner!r}, inner_optimizer={self.inner_optimizer!r}, "
+                f"forget_gate={self.forget_gate} need causal=True and reconstruction='views' (and a learner other than "
+                "'kernel'); the first paper's non-causal loop and the input loss take TTT's GD with 'linear' or 'mlp'"
+            )
+        if (self.titans or self.inner_optimizer == "muon") and (self.token_index_scale or not self.learn_w0):
+            raise ConfigError(
+                f"{name}: inner_optimizer={self.inner_optimizer!r}, forget_gate={self.forget_gate} need "
+                "token_index_scale=False and learn_w0=True; the 1/i scale is TTT-GD's own, and their analytic cost "
+                "counts a learned W0"
+            )
+        if self.inner_optimizer == "muon" and (self.forget_gate or self.inner_bias):
+            raise ConfigError(
+                f"{name}: inner_optimizer='muon' needs forget_gate=False and inner_bias=False; LaCT orthogonalises "
+                "bias-free weight matrices and has no forgetting gate"
+            )
+        if self.inner_optimizer != "muon" and (self.weight_norm or self.newton_schulz_steps != NEWTON_SCHULZ_STEPS):
+            raise ConfigError(
+                f"{name}: weight_norm={self.weight_norm}, newton_schulz_steps={self.newton_schulz_steps} need "
+                f"inner_optimizer='muon' (leave them False and {NEWTON_SCHULZ_STEPS})"
+            )
+        if beyond and self.checkpoint_group:
+            raise ConfigError(f"{name}: checkpoint_group={self.checkpoint_group} needs inner_optimizer='gd', "
+                              "forget_gate=False and learner='mlp' (leave it 0)")
+
+
 @register("ttt-linear")
 @register("ttt-linear-primal", form="primal")
 @register("ttt-mlp", learner="mlp", eta_base=0.1)
 @register("ttt-mlp-primal", learner="mlp", eta_base=0.1, form="primal")
 @register("ttt-kernel", learner="kernel", ln_residual=False)
+@register(
+    "titans-mlp", learner="mlp", eta_base=0.1, inner_optimizer="momentum", forget_gate=True, token_index_scale=False,
+)
+@register(
+    "lact-swiglu", learner="swiglu", inner_optimizer="muon", weight_norm=True, mini_batch=16, inner_bias=False,
+    token_index_scale=False,
+)
 @register(
     "mttt-linear", causal=False, form="primal", reconstruction="input", learner="linear",
     learn_w0=False, inner_bias=False, learn_eta=False, ln_residual=False, eta_base=1.0,
@@ -163,6 +247,11 @@ class TTTLayer(SequenceMixer):
             # The target is x itself, so no value view is projected.
             self.to_qkv = nn.Linear(d_model, 2 * d_model, bias=False)
         self.to_lr = nn.Linear(d_model, heads) if config.learn_eta and config.learner != "kernel" else None
+        self.to_momentum = nn.Linear(d_model, heads) if config.inner_optimizer == "momentum" else None
+        self.to_forget = None
+        if config.forget_gate:
+            self.to_forget = nn.Linear(d_model, heads)
+            nn.init.constant_(self.to_forget.bias, FORGET_BIAS_INIT)
         if config.learner != "kernel":
             self._init_inner_weights(config)
         if config.ln_residual and config.reconstruction == "views":
@@ -203,7 +292,8 @@ class TTTLayer(SequenceMixer):
             q, k, v = self.qkv(x)
             return self.merge_heads_and_project(attention.softmax_attention_sdpa(q, k, v, cfg.causal, scale=1.0))
         batch = x.shape[0]
-        o, _ = self.inner_loop(*self.views(x), self.initial_weights(batch), self.head(batch), steps=steps)
+        o, _ = self.inner_loop(*self.views(x), self.initial_weights(batch), self.head(batch), steps=steps,
+                               gates=self.titans_gates(x))
         return self.merge(o)
 
     def views(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -233,10 +323,21 @@ class TTTLayer(SequenceMixer):
         return self.merge_heads_and_project(o.unflatten(0, (-1, self.config.n_heads)))
 
     def inner_loop(self, q, k, target, eta, params, head, use_reference: bool = False,
-                   steps: inner_loop.Steps | None = None):
+                   steps: inner_loop.Steps | None = None, gates: tuple | None = None):
         """The configured inner loop on [BH, N, .] tensors -> (output [BH, N, d], final weights); from a Pending
-        mini-batch instead of W0 (causal forms only), -> (output, the Pending after the last token)."""
+        mini-batch (a MomentumState for Titans' update) instead of W0 (causal forms only), -> (output, the state after
+        the last token). gates: titans_gates' (momentum, retention)."""
         cfg = self.config
+        if cfg.inner_optimizer == "muon":
+            run = {"dual": muon.causal_chunked, "primal": muon.causal_primal}[cfg.form]
+            run = reference.muon_reference if use_reference else run
+            norms = self._initial_column_norms(q.shape[0] // cfg.n_heads) if isinstance(params, Pending) else None
+            return run(q, k, target, eta, params, head, cfg.mini_batch, cfg.newton_schulz_steps, cfg.weight_norm,
+                       cfg.gelu_approximate, norms=norms)
+        if cfg.titans:
+            run = {"dual": momentum.causal_chunked, "primal": momentum.causal_primal}[cfg.form]
+            run = reference.momentum_reference if use_reference else run
+            return run(q, k, target, eta, *gates, params, head, cfg.mini_batch, gelu_approximate=cfg.gelu_approximate)
         if not cfg.causal:
             order = None
             if cfg.inner_sgd:
@@ -268,19 +369,51 @@ class TTTLayer(SequenceMixer):
             o = attention.softmax_attention_sdpa(q, *cache.read(), x.shape[1] > 1, scale=1.0)
             return self.merge_heads_and_project(o), cache
         batch, heads = x.shape[0], cfg.n_heads
-        if state is None:
-            pending = inner_loop.Pending.start(*learners.augment(self.initial_weights(batch), cfg.gelu_approximate))
-        else:
-            flat = lambda tensors: [t.flatten(0, 1) for t in tensors]
-            learner = learners.Learner((cfg.inner_bias,) * self.n_inner_layers, cfg.gelu_approximate)
-            pending = inner_loop.Pending(flat(state.weights), flat(state.pending), state.tokens % cfg.mini_batch,
-                                         learner)
-        prefill = cfg.form == "dual" and x.shape[1] > 1
-        run = inner_loop.causal_dual if prefill else inner_loop.causal_primal
-        o, pending = run(*self.views(x), pending, self.head(batch), cfg.mini_batch, cfg.token_index_scale, steps)
+        flat = lambda tensors: [t.flatten(0, 1) for t in tensors]
         per_sequence = lambda tensors: [t.unflatten(0, (batch, heads)) for t in tensors]
         tokens = x.shape[1] + (0 if state is None else state.tokens)
+        learner = learners.Learner((cfg.inner_bias,) * self.n_inner_layers, cfg.gelu_approximate,
+                                   cfg.learner == "swiglu")
+        position = 0 if state is None else state.tokens % cfg.mini_batch
+        prefill = cfg.form == "dual" and x.shape[1] > 1
+        start = None if state is not None else learners.augment(self.initial_weights(batch))[0]
+        if cfg.titans:
+            if state is None:
+                carried = momentum.MomentumState.start(start, learner, momentum=False)  # the first token makes S
+            else:
+                velocity = flat(state.velocity) if state.velocity else None
+                carried = momentum.MomentumState(flat(state.anchor), flat(state.weights), velocity, position, learner)
+            run = momentum.causal_chunked if prefill else momentum.causal_primal
+            o, carried = run(*self.views(x), *self.titans_gates(x), carried, self.head(batch), cfg.mini_batch)
+            velocity = [] if carried.velocity is None else per_sequence(carried.velocity)
+            return self.merge(o), TTTMomentumState(tokens, per_sequence(carried.anchor),
+                                                   per_sequence(carried.weights), velocity)
+        if state is None:
+            pending = Pending.start(start, learner)
+        else:
+            pending = Pending(flat(state.weights), flat(state.pending), position, learner)
+        if cfg.inner_optimizer == "muon":
+            run = muon.causal_chunked if prefill else muon.causal_primal
+            o, pending = run(*self.views(x), pending, self.head(batch), cfg.mini_batch, cfg.newton_schulz_steps,
+                             cfg.weight_norm, norms=self._initial_column_norms(batch))
+        else:
+            run = inner_loop.causal_dual if prefill else inner_loop.causal_primal
+            o, pending = run(*self.views(x), pending, self.head(batch), cfg.mini_batch, cfg.token_index_scale, steps)
         return self.merge(o), TTTState(tokens, per_sequence(pending.weights), per_sequence(pending.accumulated))
+
+    def _initial_column_norms(self, batch: int) -> list[torch.Tensor] | None:
+        """'muon' with weight_norm: W0's column norms, which every update is rescaled to; None without weight norm."""
+        if not self.config.weight_norm:
+            return None
+        return muon.column_norms(learners.augment(self.initial_weights(batch))[0])
+
+    def titans_gates(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Titans' data-dependent momentum mu_t = sigmoid(theta_mu x_t + b) and retention 1 - alpha_t =
+        1 - sigmoid(theta_alpha x_t + b), per (sequence, head): [BH, N] each, None where the config has none."""
+        rate = lambda projection: torch.sigmoid(projection(x)).transpose(1, 2).flatten(0, 1)
+        mu = None if self.to_momentum is None else rate(self.to_momentum)
+        retain = None if self.to_forget is None else 1 - rate(self.to_forget)
+        return mu, retain
 
     def compile_forms(self, **options: Any) -> dict[str, Callable]:
         """With compile_scope='step', a causal mini-batch learner's forward and prefill keep their Python loops and
@@ -290,7 +423,7 @@ class TTTLayer(SequenceMixer):
         eager, and the compiled forms share its parameters. The kernel learner and MTTT have no loop over
         mini-batches, so they are compiled whole, as is everything with compile_scope='whole'."""
         cfg = self.config
-        if cfg.compile_scope == "whole" or cfg.learner == "kernel" or not cfg.causal:
+        if cfg.compile_scope == "whole" or cfg.learner == "kernel" or not cfg.causal or not cfg.steps_compile:
             return super().compile_forms(**options)
         steps = inner_loop.compiled_steps(**options)
         one_token = torch.compile(self.decode, **options)
@@ -309,8 +442,10 @@ class TTTLayer(SequenceMixer):
         cfg = self.config
         if cfg.learner == "kernel":
             return attention.KVCache.buffer_numel(batch, context, cfg.d_model)
-        # The start weights (the cost's state: weights and biases per sequence) and the pending gradients, as large.
-        return 2 * batch * self.cost(1, 1).state_numel
+        # The start weights (the cost's state: weights and biases per sequence) and the pending gradients, as large;
+        # Titans' update holds its anchor and current weights, and its velocity with momentum.
+        copies = 2 + (cfg.inner_optimizer == "momentum") if cfg.titans else 2
+        return copies * batch * self.cost(1, 1).state_numel
 
     def inner_rates(self, x: torch.Tensor) -> torch.Tensor:
         """eta: [B, H, N]."""
@@ -346,8 +481,8 @@ class TTTLayer(SequenceMixer):
         tokens, sequences = batch * seq_len, batch * heads  # sequences: one inner loop per (sequence, head)
         n_views = 2 if cfg.reconstruction == "input" else 3
         macs = projection_macs(batch, seq_len, d_model, (n_views + 1) * d_model)
-        if self.to_lr is not None:
-            macs += projection_macs(batch, seq_len, d_model, heads)
+        gates = [g for g in (self.to_lr, self.to_momentum, self.to_forget) if g is not None]
+        macs += len(gates) * projection_macs(batch, seq_len, d_model, heads)
         if cfg.learner == "kernel":
             executed, useful = attention.attention_macs(batch, heads, seq_len, d, cfg.causal)
             backward = autograd_backward_macs(macs) + attention.attention_backward_macs(
@@ -364,6 +499,37 @@ class TTTLayer(SequenceMixer):
         # Per training token: forward, backward to each layer, and the weight update X^T G.
         train_token = dense_macs + backprop_macs + decoder_macs + dense_macs
         lanes = batch * heads * seq_len  # token positions over all (sequence, head) inner loops
+        state = heads * sum(a * b + (b if cfg.inner_bias else 0) for a, b in widths)
+        if cfg.inner_optimizer == "muon":
+            # muon.py: every token is read out at its chunk's start weights; the tokens of complete chunks train (a
+            # trailing partial chunk's update would come after the last token); one Newton-Schulz per complete chunk
+            # and layer. The last chunk's training and update only make the final weights when it ends the sequence.
+            full, rest = divmod(seq_len, cfg.mini_batch)
+            update = sum(muon.newton_schulz_macs(a, b, cfg.newton_schulz_steps) for a, b in aug)
+            chunk = cfg.mini_batch * train_token + update
+            executed = seq_len * dense_macs + full * chunk
+            final_state = sequences * chunk if full and not rest else 0
+            if seq_len <= cfg.mini_batch and self.to_lr is not None:  # no token reads an update: nor the rates
+                final_state += projection_macs(batch, seq_len, d_model, heads)
+            forward = macs + sequences * executed
+            return LayerCost(tokens, forward, forward, autograd_backward_macs(forward, final_state), state,
+                             final_state_macs=final_state)
+        if cfg.titans:
+            backprop_widths = widths[1:]
+            if cfg.form == "primal":  # every token's update is read at its own query
+                per_sequence = momentum.primal_macs(seq_len, aug, backprop_widths)
+                forward = macs + sequences * per_sequence
+                return LayerCost(tokens, forward, forward, autograd_backward_macs(forward), state)
+            chunked = momentum.chunked_macs(seq_len, cfg.mini_batch, aug, backprop_widths,
+                                            cfg.inner_optimizer == "momentum", cfg.forget_gate)
+            forward = macs + sequences * chunked.forward_macs
+            # The n x n scores within a mini-batch are executed dense: useful counts their pairs s <= t only.
+            full, rest = divmod(seq_len, cfg.mini_batch)
+            masked = (full * cfg.mini_batch * (cfg.mini_batch - 1) + rest * (rest - 1)) // 2
+            useful = forward - sequences * masked * sum(a + b for a, b in aug)
+            backward = autograd_backward_macs(macs) + sequences * chunked.backward_macs
+            return LayerCost(tokens, forward, useful, backward, state,
+                             final_state_macs=sequences * chunked.final_state_macs)
         final_state = 0
         if not cfg.causal:
             trained = lanes if cfg.inner_sgd else cfg.inner_steps * lanes  # SGD: each token once
@@ -404,7 +570,6 @@ class TTTLayer(SequenceMixer):
                 if cfg.causal and cfg.form == "dual" and seq_len < 2 * cfg.mini_batch:
                     fixed_reads += dense_macs
                 backward -= sequences * first_step_tokens * fixed_reads
-        state = heads * sum(a * b + (b if cfg.inner_bias else 0) for a, b in widths)
         return LayerCost(tokens, forward, macs + useful, backward, state, final_state_macs=final_state)
 
     def _uses_mlp_scan(self) -> bool:

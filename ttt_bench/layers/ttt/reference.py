@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from ttt_bench.layers.ttt import learners
+from ttt_bench.layers.ttt.muon import WEIGHT_NORM_EPS, newton_schulz
 
 
 def _differentiable(params):
@@ -74,3 +75,61 @@ def kernel_estimator_reference(q, k, values, causal: bool) -> torch.Tensor:
         weights = torch.exp(logits - logits.max(-1, keepdim=True).values)
         outputs.append((weights[..., None] * vals).sum(-2) / weights.sum(-1, keepdim=True))
     return torch.stack(outputs, dim=-2)
+
+
+def muon_reference(q, k, target, eta, params, head, mini_batch: int, ns_steps: int, weight_norm: bool,
+                   gelu_approximate: str = "none", norms=None):
+    """LaCT (muon.py): every token of a chunk reads the chunk's start weights W, then
+        W <- WN(W - NS(grad_W sum_{j in chunk} eta_j l_j(W)))
+    once the chunk is complete (a trailing partial chunk only reads). The learner has no biases. `norms` is unused:
+    the reference takes W0's column norms itself."""
+    params = _differentiable(params)
+    initial_norms = [w.norm(dim=-2, keepdim=True) for w, _ in params]
+    n = q.shape[1]
+    outputs = []
+    for start in range(0, n, mini_batch):
+        end = min(start + mini_batch, n)
+        for i in range(start, end):
+            q_i = q[:, i : i + 1]
+            outputs.append(head.readout(learners.apply(params, q_i, gelu_approximate), q_i))
+        if end - start < mini_batch:
+            break
+        weights = [w for w, _ in params]
+        losses = head.loss(learners.apply(params, k[:, start:end], gelu_approximate), target[:, start:end])
+        grads = torch.autograd.grad((eta[:, start:end] * losses).sum(), weights, create_graph=True)
+        weights = [w - newton_schulz(g, ns_steps) for w, g in zip(weights, grads)]
+        if weight_norm:
+            weights = [w * n0 / (w.norm(dim=-2, keepdim=True) + WEIGHT_NORM_EPS)
+                       for w, n0 in zip(weights, initial_norms)]
+        params = [(w, None) for w in weights]
+    return torch.cat(outputs, dim=1), params
+
+
+def momentum_reference(q, k, target, eta, momentum, retain, params, head, mini_batch: int,
+                       gelu_approximate: str = "none"):
+    """Titans' momentum and forgetting with TTT's mini-batches (momentum.py): for token t of a mini-batch that starts
+    from the anchor W^s,
+        g_t = grad_W theta_t l_t(W^s),   S_t = mu_t S_{t-1} - g_t,   W_t = r_t W_{t-1} + S_t,
+        output_t = readout(f_res(q_t; W_t)),
+    with S_0 = 0, S_t = -g_t without momentum (momentum=None) and r_t = 1 without forgetting (retain=None); the next
+    mini-batch's anchor is W at its start."""
+    params = _differentiable(params)
+    velocity, outputs = None, []  # None: S_0 = 0
+    for t in range(q.shape[1]):
+        if t % mini_batch == 0:
+            params = anchor = _differentiable(params)
+        loss = eta[:, t : t + 1] * head.loss(learners.apply(anchor, k[:, t : t + 1], gelu_approximate),
+                                             target[:, t : t + 1])
+        flat = iter(torch.autograd.grad(loss.sum(), [p for layer in anchor for p in layer if p is not None],
+                                        create_graph=True))
+        grad = [tuple(None if p is None else next(flat) for p in layer) for layer in anchor]
+        mu = 0.0 if momentum is None else momentum[:, t, None, None]
+        r = 1.0 if retain is None else retain[:, t, None, None]
+        if velocity is None:
+            velocity = [tuple(None if g is None else -g for g in layer) for layer in grad]
+        else:
+            velocity = [tuple(None if s is None else mu * s - g for s, g in zip(*pair)) for pair in zip(velocity, grad)]
+        params = [tuple(None if w is None else r * w + s for w, s in zip(*pair)) for pair in zip(params, velocity)]
+        q_t = q[:, t : t + 1]
+        outputs.append(head.readout(learners.apply(params, q_t, gelu_approximate), q_t))
+    return torch.cat(outputs, dim=1), params
