@@ -6,8 +6,9 @@ backward pass allocate a full-size zero tensor per chunk: O(N^2 / C) memory and 
 goes in front: zero keys and values (and zero write strengths) leave the zero initial state zero,
 even under a decay, so the real outputs and the final state are exactly those of the unpadded run.
 A nonzero initial state (a prefill continuing a decoded prefix) also passes the padding unchanged where nothing
-decays (linear attention; the delta rule, whose padding writes with beta = 0), but a decay would shrink it once per
-padded token: fast weights read it outside the chunks instead.
+decays (linear attention; the delta rule, whose padding writes with beta = 0; the gated delta rule, whose padded
+log-decay is 0), but a fixed decay would shrink it once per padded token: fast weights read it outside the chunks
+instead.
 """
 
 from __future__ import annotations

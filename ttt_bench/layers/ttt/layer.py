@@ -272,7 +272,10 @@ class TTTLayer(SequenceMixer):
             zero_fixed = config.learner == "linear" and not config.learn_w0
             weight = torch.zeros(config.n_heads, d_in, d_out)
             if not zero_fixed:
-                weight.normal_(0.0, W0_INIT_STD)
+                # The SwiGLU learner's output silu(x W_g) * (x W_v) is second order in its weights: at N(0, 0.02) it is
+                # ~1e-3 of its input and each branch's inner gradient scales with the other, so it starts at LaCT's
+                # unit scale, N(0, 1 / d_in) (with it TTT's GD learns pixel MNIST, docs/layers.md).
+                weight.normal_(0.0, d_in**-0.5 if config.learner == "swiglu" else W0_INIT_STD)
             self._add_inner_tensor(f"inner_weight{i}", weight, config.learn_w0)
             if config.inner_bias:
                 self._add_inner_tensor(f"inner_bias{i}", torch.zeros(config.n_heads, 1, d_out), config.learn_w0)
@@ -324,16 +327,14 @@ class TTTLayer(SequenceMixer):
 
     def inner_loop(self, q, k, target, eta, params, head, use_reference: bool = False,
                    steps: inner_loop.Steps | None = None, gates: tuple | None = None):
-        """The configured inner loop on [BH, N, .] tensors -> (output [BH, N, d], final weights); from a Pending
-        mini-batch (a MomentumState for Titans' update) instead of W0 (causal forms only), -> (output, the state after
-        the last token). gates: titans_gates' (momentum, retention)."""
+        """The configured inner loop on [BH, N, .] tensors from W0 -> (output [BH, N, d], final weights); gates:
+        titans_gates' (momentum, retention). Decoding goes on from a state in _decode instead."""
         cfg = self.config
         if cfg.inner_optimizer == "muon":
             run = {"dual": muon.causal_chunked, "primal": muon.causal_primal}[cfg.form]
             run = reference.muon_reference if use_reference else run
-            norms = self._initial_column_norms(q.shape[0] // cfg.n_heads) if isinstance(params, Pending) else None
             return run(q, k, target, eta, params, head, cfg.mini_batch, cfg.newton_schulz_steps, cfg.weight_norm,
-                       cfg.gelu_approximate, norms=norms)
+                       cfg.gelu_approximate)
         if cfg.titans:
             run = {"dual": momentum.causal_chunked, "primal": momentum.causal_primal}[cfg.form]
             run = reference.momentum_reference if use_reference else run

@@ -78,11 +78,11 @@ def kernel_estimator_reference(q, k, values, causal: bool) -> torch.Tensor:
 
 
 def muon_reference(q, k, target, eta, params, head, mini_batch: int, ns_steps: int, weight_norm: bool,
-                   gelu_approximate: str = "none", norms=None):
+                   gelu_approximate: str = "none"):
     """LaCT (muon.py): every token of a chunk reads the chunk's start weights W, then
         W <- WN(W - NS(grad_W sum_{j in chunk} eta_j l_j(W)))
-    once the chunk is complete (a trailing partial chunk only reads). The learner has no biases. `norms` is unused:
-    the reference takes W0's column norms itself."""
+    once the chunk is complete (a trailing partial chunk only reads); WN keeps W0's column norms. The learner has no
+    biases."""
     params = _differentiable(params)
     initial_norms = [w.norm(dim=-2, keepdim=True) for w, _ in params]
     n = q.shape[1]
