@@ -228,7 +228,7 @@ def test_progress_lines_and_dry_run(tmp_path, capsys):
 def test_ls_lists_the_shipped_suites(capsys):
     assert main(["ls"]) == 0
     out = capsys.readouterr().out
-    assert "suites:" in out and "quick" in out and "44 cells" in out and "OOM frontier" in out
+    assert "suites:" in out and "quick" in out and "60 cells" in out and "OOM frontier" in out
 
 
 def test_an_unavailable_device_is_refused_before_anything_is_written(tmp_path, capsys):

@@ -272,10 +272,7 @@ class TTTLayer(SequenceMixer):
             zero_fixed = config.learner == "linear" and not config.learn_w0
             weight = torch.zeros(config.n_heads, d_in, d_out)
             if not zero_fixed:
-                # The SwiGLU learner's output silu(x W_g) * (x W_v) is second order in its weights: at N(0, 0.02) it is
-                # ~1e-3 of its input and each branch's inner gradient scales with the other, so it starts at LaCT's
-                # unit scale, N(0, 1 / d_in) (with it TTT's GD learns pixel MNIST, docs/layers.md).
-                weight.normal_(0.0, d_in**-0.5 if config.learner == "swiglu" else W0_INIT_STD)
+                weight.normal_(0.0, W0_INIT_STD)
             self._add_inner_tensor(f"inner_weight{i}", weight, config.learn_w0)
             if config.inner_bias:
                 self._add_inner_tensor(f"inner_bias{i}", torch.zeros(config.n_heads, 1, d_out), config.learn_w0)
