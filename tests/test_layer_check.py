@@ -127,4 +127,5 @@ def test_ls_import_shows_the_users_layers(sandbox, tmp_path, monkeypatch, capsys
 def test_ls_of_a_misspelled_layer_says_did_you_mean(capsys):
     assert main(["ls", "delta-rul"]) == 2
     err = capsys.readouterr().err
-    assert "unknown layer 'delta-rul' (did you mean 'delta-rule' or 'gated-delta-rule'?)" in err and len(err.strip().splitlines()) == 1
+    assert "unknown layer 'delta-rul' (did you mean 'delta-rule' or 'gated-delta-rule'?)" in err
+    assert len(err.strip().splitlines()) == 1

@@ -288,7 +288,8 @@ def test_a_layer_that_could_not_run_is_refused_before_anything_runs(sandbox, tmp
 
 @pytest.mark.parametrize("layers_value, named", [
     ('["ttt-linaer"]', "key 'layers[0]': no registered layer matches 'ttt-linaer' (did you mean 'ttt-linear'"),
-    ('[{ name = "delta-rul" }]', "key 'layers[0].name': unknown layer 'delta-rul' (did you mean 'delta-rule' or 'gated-delta-rule'?)"),
+    ('[{ name = "delta-rul" }]',
+     "key 'layers[0].name': unknown layer 'delta-rul' (did you mean 'delta-rule' or 'gated-delta-rule'?)"),
 ])
 def test_a_misspelled_layer_gets_a_did_you_mean(tmp_path, layers_value, named):
     path = write_suite(tmp_path, f"layers = {layers_value}\n[grid]\nseq_len = [8]")
