@@ -46,19 +46,19 @@ def _mini_batch_rates(eta: torch.Tensor, token_index_scale: bool) -> torch.Tenso
     return torch.tril(scales[:, None] * eta[..., None, :])
 
 
-def _inner_grads(weights, learner, head, k: torch.Tensor, prepared: torch.Tensor):
+def inner_grads(weights, learner, head, k: torch.Tensor, prepared: torch.Tensor):
     """Each layer's (augmented) inputs X_l and the per-token loss gradients G_l at its pre-activation.
     k: the first layer's input (learners.first_input)."""
     z, inputs, preacts = learners.forward_with_cache(weights, learner, k)
     return inputs, learners.backward(weights, learner, preacts, head.grad(z, prepared))
 
 
-def _gd_step(weights, rated_inputs, grads, sign: float = -1.0) -> list[torch.Tensor]:
+def _gd_step(weights, rated, grads, sign: float = -1.0) -> list[torch.Tensor]:
     """W'_l <- W'_l + sign * (diag(rates) X_l)^T G_l, the rates already applied to the inputs."""
-    return [torch.baddbmm(w, x.transpose(-1, -2), g, alpha=sign) for w, x, g in zip(weights, rated_inputs, grads)]
+    return [torch.baddbmm(w, x.transpose(-1, -2), g, alpha=sign) for w, x, g in zip(weights, rated, grads)]
 
 
-def _rated(inputs, rates: torch.Tensor, rated_first: torch.Tensor | None = None) -> list[torch.Tensor]:
+def rated_inputs(inputs, rates: torch.Tensor, rated_first: torch.Tensor | None = None) -> list[torch.Tensor]:
     """diag(rates) X_l for each layer; rates: [BH, n]. The first layer's may come precomputed."""
     first = inputs[0] * rates[..., None] if rated_first is None else rated_first
     return [first] + [x * rates[..., None] for x in inputs[1:]]
@@ -196,12 +196,12 @@ def _dual_from(q, k, target, eta, pending: Pending, head, mini_batch, token_inde
     if parts:
         # A trailing partial mini-batch: every gradient is taken at `weights`, so one batched pass gives them all.
         q_part, k_part, t_part, e_part = parts[0]
-        inputs, grads = _inner_grads(weights, learner, head, k_part, t_part)
+        inputs, grads = inner_grads(weights, learner, head, k_part, t_part)
         first = lambda x: x[None].contiguous()  # one mini-batch, mini-batch-major, laid out as _dual_scan'
         rates = _mini_batch_rates(e_part, token_index_scale)
         outputs.append(steps.readout(first(q_part), [first(w) for w in weights], [first(x) for x in inputs],
                                      [first(g) for g in grads], learner, first(rates), head))
-        accumulated = [x.transpose(-1, -2) @ g for x, g in zip(_rated(inputs, e_part), grads)]
+        accumulated = [x.transpose(-1, -2) @ g for x, g in zip(rated_inputs(inputs, e_part), grads)]
         pending = Pending(weights, accumulated, q_part.shape[1], learner)
     output = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
     return output, pending
@@ -225,8 +225,8 @@ def _scan(weights, learner, head, k_chunks, rated_keys, prepared_chunks, last_ra
 
 def _scan_step(weights, learner, head, k_m, rated_k_m, t_m, last_m):
     """One mini-batch of the scan: (its layer inputs, its gradients at `weights`, the weights after it)."""
-    inputs, grads = _inner_grads(weights, learner, head, k_m, t_m)
-    return inputs, grads, _gd_step(weights, _rated(inputs, last_m, rated_k_m), grads)
+    inputs, grads = inner_grads(weights, learner, head, k_m, t_m)
+    return inputs, grads, _gd_step(weights, rated_inputs(inputs, last_m, rated_k_m), grads)
 
 
 def _dual_readout(q_chunks: torch.Tensor, starts, inputs, grads, learner, rates: torch.Tensor, head) -> torch.Tensor:
@@ -279,8 +279,8 @@ def causal_primal(q, k, target, eta, params, head, mini_batch: int, token_index_
 
 def _primal_accumulate(start, accumulated, learner, head, k_t, p_t, eta_t):
     """Token i of a mini-batch that started from `start` ([BH, 1, .] inputs): sum_{j<=i} eta_j grad l_j(start)."""
-    inputs, grads = _inner_grads(start, learner, head, k_t, p_t)
-    return _gd_step(accumulated, _rated(inputs, eta_t), grads, sign=1.0)
+    inputs, grads = inner_grads(start, learner, head, k_t, p_t)
+    return _gd_step(accumulated, rated_inputs(inputs, eta_t), grads, sign=1.0)
 
 
 def _primal_read(start, accumulated, scale, learner, head, q_t, query_t):
@@ -318,7 +318,7 @@ def full_batch(q, k, target, eta, params: list[Dense], head, steps: int, order: 
     else:
         batches = zip(*(x.index_select(1, order).tensor_split(steps, dim=1) for x in (keys, prepared, eta)))
     for k_s, p_s, e_s in batches:
-        inputs, grads = _inner_grads(weights, learner, head, k_s, p_s)
-        weights = _gd_step(weights, _rated(inputs, e_s / k_s.shape[1]), grads)
+        inputs, grads = inner_grads(weights, learner, head, k_s, p_s)
+        weights = _gd_step(weights, rated_inputs(inputs, e_s / k_s.shape[1]), grads)
     z = learners.forward_with_cache(weights, learner, learners.first_input(learner, q))[0]
     return head.readout(z, q), learners.unaugment(weights, learner)

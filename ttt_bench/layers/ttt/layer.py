@@ -522,9 +522,8 @@ class TTTLayer(SequenceMixer):
                                             cfg.inner_optimizer == "momentum", cfg.forget_gate)
             forward = macs + sequences * chunked.forward_macs
             # The n x n scores within a mini-batch are executed dense: useful counts their pairs s <= t only.
-            full, rest = divmod(seq_len, cfg.mini_batch)
-            masked = (full * cfg.mini_batch * (cfg.mini_batch - 1) + rest * (rest - 1)) // 2
-            useful = forward - sequences * masked * sum(a + b for a, b in aug)
+            square, triangle = _mini_batch_pairs(seq_len, cfg.mini_batch)
+            useful = forward - sequences * (square - triangle) * sum(a + b for a, b in aug)
             backward = autograd_backward_macs(macs) + sequences * chunked.backward_macs
             return LayerCost(tokens, forward, useful, backward, state,
                              final_state_macs=sequences * chunked.final_state_macs)
@@ -540,14 +539,11 @@ class TTTLayer(SequenceMixer):
         else:
             # Per mini-batch of length b: X~ X^T (b x b x d_in) and (eta~ * .) G (b x b x d_out) per layer.
             per_pair = sum(d_in + d_out for d_in, d_out in aug)
-            b = cfg.mini_batch
-            full, rest = divmod(seq_len, b)
-            square = full * b * b + rest * rest
-            triangle = full * b * (b + 1) // 2 + rest * (rest + 1) // 2
+            square, triangle = _mini_batch_pairs(seq_len, cfg.mini_batch)
             base = lanes * (train_token + dense_macs)
             executed = base + sequences * square * per_pair
             useful = base + sequences * triangle * per_pair
-            first_step_tokens = min(b, seq_len)
+            first_step_tokens = min(cfg.mini_batch, seq_len)
         forward = macs + executed
         if self._uses_linear_scan():
             # The hand-written backward (linear_scan.py) recomputes Z = K W per mini-batch for LayerNorm.
@@ -593,3 +589,11 @@ class TTTLayer(SequenceMixer):
         """The causal dual form of a linear learner with the views loss runs linear_scan.py (inner_loop.causal_dual)."""
         cfg = self.config
         return cfg.causal and cfg.form == "dual" and cfg.learner == "linear" and cfg.reconstruction == "views"
+
+
+def _mini_batch_pairs(seq_len: int, mini_batch: int) -> tuple[int, int]:
+    """(dense, causal) token pairs (i, j) inside the mini-batches of a sequence, the last one N mod b long: b x b per
+    mini-batch as the dual forms execute their scores, and the pairs j <= i a token reads."""
+    full, rest = divmod(seq_len, mini_batch)
+    return (full * mini_batch**2 + rest**2,
+            full * mini_batch * (mini_batch + 1) // 2 + rest * (rest + 1) // 2)

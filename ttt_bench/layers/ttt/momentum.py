@@ -38,7 +38,7 @@ import torch
 
 from ttt_bench.layers.base import with_ones
 from ttt_bench.layers.ttt import learners
-from ttt_bench.layers.ttt.inner_loop import _inner_grads
+from ttt_bench.layers.ttt.inner_loop import inner_grads
 
 
 @dataclass
@@ -118,7 +118,7 @@ def _times(factor: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
 def _piece(q, keys, prepared, theta, mu, r, anchor, weights, velocity, learner, head):
     """n tokens of one mini-batch from (W = weights, S = velocity), gradients at `anchor`
     -> (z~ of the last layer [BH, n, d_out], W_n, S_n)."""
-    inputs, grads = _inner_grads(anchor, learner, head, keys, prepared)
+    inputs, grads = inner_grads(anchor, learner, head, keys, prepared)
     n = theta.shape[-1]
     l_mu = None if mu is None else _decays(mu)
     l_r = None if r is None else _decays(r)
@@ -165,7 +165,7 @@ def causal_primal(q, k, target, eta, momentum, retain, params, head, mini_batch:
     outputs = []
     tokens = zip(*(per_token(x) for x in (q, queries, keys, prepared, eta, momentum, retain)))
     for q_t, query_t, k_t, p_t, theta_t, mu_t, r_t in tokens:
-        inputs, grads = _inner_grads(anchor, learner, head, k_t[:, None], p_t[:, None])
+        inputs, grads = inner_grads(anchor, learner, head, k_t[:, None], p_t[:, None])
         steps = [_times(theta_t, x).transpose(-1, -2) @ g for x, g in zip(inputs, grads)]  # g_t per layer
         if mu_t is None or velocity is None:
             step = [-g for g in steps]

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from ttt_bench.layers.ttt import learners
-from ttt_bench.layers.ttt.inner_loop import Pending, _inner_grads, _rated
+from ttt_bench.layers.ttt.inner_loop import Pending, inner_grads, rated_inputs
 
 # Muon's quintic Newton-Schulz coefficients (Jordan et al. 2024, the Muon optimizer), which push every singular value
 # of the normalised gradient towards 1 in five steps; LaCT orthogonalises its fast-weight updates with the same.
@@ -105,8 +105,8 @@ def _apply_then_update(q, k, target, eta, params, head, mini_batch, ns_steps, we
         if start >= trained:
             start += size
             continue
-        inputs, grads = _inner_grads(weights, learner, head, keys[:, part], prepared[:, part])
-        rated = _rated(inputs, eta[:, part])
+        inputs, grads = inner_grads(weights, learner, head, keys[:, part], prepared[:, part])
+        rated = rated_inputs(inputs, eta[:, part])
         if accumulated is None:
             accumulated = [x.mT @ g for x, g in zip(rated, grads)]
         else:

@@ -20,11 +20,16 @@ def _differentiable(params):
     ]
 
 
+def _grad(params, loss):
+    """grad_W loss per dense layer (None where a layer has no bias), with the graph kept so the outer loop can
+    differentiate through it."""
+    flat = iter(torch.autograd.grad(loss, [p for layer in params for p in layer if p is not None], create_graph=True))
+    return [tuple(None if p is None else next(flat) for p in layer) for layer in params]
+
+
 def _step(params, loss):
-    """W - grad_W loss, with the graph kept so the outer loop can differentiate through it."""
-    flat = [p for layer in params for p in layer if p is not None]
-    grads = iter(torch.autograd.grad(loss, flat, create_graph=True))
-    return [tuple(None if p is None else p - next(grads) for p in layer) for layer in params]
+    """W - grad_W loss."""
+    return [tuple(None if p is None else p - g for p, g in zip(*pair)) for pair in zip(params, _grad(params, loss))]
 
 
 def causal_reference(q, k, target, eta, params, head, mini_batch: int, token_index_scale: bool,
@@ -120,9 +125,7 @@ def momentum_reference(q, k, target, eta, momentum, retain, params, head, mini_b
             params = anchor = _differentiable(params)
         loss = eta[:, t : t + 1] * head.loss(learners.apply(anchor, k[:, t : t + 1], gelu_approximate),
                                              target[:, t : t + 1])
-        flat = iter(torch.autograd.grad(loss.sum(), [p for layer in anchor for p in layer if p is not None],
-                                        create_graph=True))
-        grad = [tuple(None if p is None else next(flat) for p in layer) for layer in anchor]
+        grad = _grad(anchor, loss.sum())
         mu = 0.0 if momentum is None else momentum[:, t, None, None]
         r = 1.0 if retain is None else retain[:, t, None, None]
         if velocity is None:
